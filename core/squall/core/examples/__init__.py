@@ -1,0 +1,1 @@
+"""Examples of processings written as external commands."""

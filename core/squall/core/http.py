@@ -1,0 +1,172 @@
+"""Tornado pieces shared by every service: JSON errors, health, readiness and metrics endpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import sqlalchemy.exc
+import tornado.httpserver
+import tornado.web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger(__name__)
+
+ReadyCheck = Callable[[], Awaitable[list[str]]]
+"""Answers the problems that make a service not ready; an empty list means ready."""
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message", "field"}}`` with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+def json_bytes(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        # orjson stops at 64-bit integers; a processing's result may be larger.
+        return json.dumps(value, default=str, separators=(",", ":")).encode()
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """A database or network failure (not a bug): the answer is 503 with Retry-After, not 500."""
+    if isinstance(exc, OSError | TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return (
+            exc.connection_invalidated
+            or isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+            or isinstance(exc.orig, OSError)
+            or "connection" in type(exc.orig).__name__.lower()
+        )
+    return isinstance(exc, sqlalchemy.exc.DisconnectionError | sqlalchemy.exc.TimeoutError)
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    """Every answer is JSON, errors included; no HTML page, stack trace or internal detail leaks out."""
+
+    route = "unmatched"  # the route template, for metrics and logs (never the raw path)
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.clear_header("Server")
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json_bytes(value))
+
+    def fail(self, error: ApiError) -> None:
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.write_json(error.body(), error.status)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ApiError | tornado.web.HTTPError):
+            return
+        if is_unavailable(value):
+            log.warning("%s %s: dependency unavailable: %s", self.request.method, self.route, value)
+            return
+        log.error("unhandled error in %s %s", self.request.method, self.route, exc_info=(typ, value, tb))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if exc is not None and is_unavailable(exc):
+            exc = ApiError(
+                503, "unavailable", "a dependency is unreachable; retry later", None, {"Retry-After": "2"}
+            )
+        if isinstance(exc, ApiError):
+            self.clear()
+            self.set_default_headers()
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+            self.set_status(exc.status)
+            self.finish(json_bytes(exc.body()))
+            return
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "error")
+        if status_code >= 500:
+            code, message = "internal", "internal error"
+        else:
+            message = (
+                HTTPStatus(status_code).phrase if status_code in HTTPStatus._value2member_map_ else "error"
+            )
+        self.set_header("Content-Type", "application/json")
+        self.finish(json_bytes({"error": {"code": code, "message": message, "field": None}}))
+
+
+class NotFoundHandler(JsonHandler):
+    def prepare(self) -> None:
+        raise ApiError(404, "not_found", "no such route")
+
+
+class HealthHandler(JsonHandler):
+    """``/healthz``: the process is alive and its event loop answers."""
+
+    route = "/healthz"
+
+    def get(self) -> None:
+        self.write_json({"status": "ok"})
+
+
+class ReadyHandler(JsonHandler):
+    """``/readyz``: the dependencies this service needs are reachable."""
+
+    route = "/readyz"
+
+    def initialize(self, check: ReadyCheck) -> None:
+        self.check = check
+
+    async def get(self) -> None:
+        problems = await self.check()
+        if problems:
+            self.write_json({"status": "unavailable", "problems": problems}, 503)
+        else:
+            self.write_json({"status": "ready"})
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    route = "/metrics"
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest())
+
+
+def ops_routes(check: ReadyCheck) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]:
+    return [
+        ("/healthz", HealthHandler, {}),
+        ("/readyz", ReadyHandler, {"check": check}),
+        ("/metrics", MetricsHandler, {}),
+    ]
+
+
+def start_ops_server(port: int, check: ReadyCheck, host: str = "0.0.0.0") -> tornado.httpserver.HTTPServer:
+    """The small HTTP server of a processor or scheduler: /healthz, /readyz, /metrics."""
+    app = tornado.web.Application(
+        ops_routes(check),
+        default_handler_class=NotFoundHandler,  # type: ignore[arg-type]
+    )
+    server = tornado.httpserver.HTTPServer(app)
+    server.listen(port, host)
+    return server

@@ -1,0 +1,43 @@
+"""Runs one service: SIGTERM/SIGINT become an event; an AsyncExitStack owns every resource.
+
+Shutdown order is the service's own: it stops intake, finishes or hands back in-flight work, and the exit
+stack then drains NATS and disposes of the database engine (the reverse of how they were opened).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+
+from squall.core.logs import configure_logging
+from squall.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ServiceMain = Callable[[Settings, asyncio.Event, AsyncExitStack], Awaitable[None]]
+
+
+def instance_id(settings: Settings, service: str) -> str:
+    return settings.instance_id or f"{service}-{socket.gethostname()}-{os.getpid()}"
+
+
+async def _run(service: str, settings: Settings, main: ServiceMain) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        await main(settings, stop, stack)
+    log.info("%s stopped", service)
+
+
+def run_service(service: str, settings: Settings, main: ServiceMain) -> None:
+    configure_logging(service, settings.log_format, settings.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run(service, settings, main))

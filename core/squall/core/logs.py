@@ -1,0 +1,54 @@
+"""Logging: JSON lines in containers, readable text locally. Context fields ride on ``extra=``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import orjson
+
+CONTEXT_FIELDS = ("task_id", "rid", "processing", "attempt", "subject", "count", "error")
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "service": self.service,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for field in CONTEXT_FIELDS:
+            value = record.__dict__.get(field)
+            if value is not None:
+                entry[field] = str(value) if not isinstance(value, int | float) else value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s " + service + " %(message)s%(context)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        context = [f"{f}={record.__dict__[f]}" for f in CONTEXT_FIELDS if record.__dict__.get(f) is not None]
+        record.context = (" " + " ".join(context)) if context else ""
+        return super().format(record)
+
+
+def configure_logging(service: str, log_format: str = "json", level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(service) if log_format == "json" else TextFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Tornado logs every request at INFO; our own metrics cover that.
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)

@@ -1,0 +1,46 @@
+"""Prometheus metrics of every service: prefix ``squall_``, base units, bounded labels (no ids, no paths)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# The *_created series double the exposition for no use on dashboards.
+disable_created_metrics()
+
+try:
+    VERSION = version("squall")
+except PackageNotFoundError:  # running from a source tree without an install
+    VERSION = "0.0.0"
+
+# Request handling takes milliseconds; batches of thousands of items take up to seconds.
+_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_TASK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+BUILD_INFO = Gauge("squall_build_info", "Squall build; always 1.", ["version"])
+BUILD_INFO.labels(VERSION).set(1)
+
+HTTP_REQUESTS = Counter(
+    "squall_http_requests_total", "HTTP requests answered by the gateway.", ["route", "method", "code"]
+)
+HTTP_DURATION = Histogram(
+    "squall_http_request_duration_seconds",
+    "Time to answer an HTTP request.",
+    ["route", "method"],
+    buckets=_FAST_BUCKETS,
+)
+EVENTS_PUBLISHED = Counter(
+    "squall_events_published_total", "Events published to JetStream.", ["subject", "outcome"]
+)
+PUBLISH_DURATION = Histogram(
+    "squall_publish_duration_seconds", "Time for JetStream to ack a publish.", buckets=_FAST_BUCKETS
+)
+
+TASKS = Counter("squall_tasks_total", "Tasks finished by processors.", ["kind", "processing", "outcome"])
+TASK_DURATION = Histogram(
+    "squall_task_duration_seconds", "Time to run one task.", ["kind", "processing"], buckets=_TASK_BUCKETS
+)
+ITEMS_PROCESSED = Counter("squall_items_processed_total", "Items given a result.", ["processing", "outcome"])
+REDELIVERIES = Counter("squall_task_redeliveries_total", "Messages received more than once.", ["kind"])
+IN_FLIGHT = Gauge("squall_processor_in_flight_tasks", "Messages a processor holds unacked.")

@@ -1,0 +1,152 @@
+"""Settings: one object per process, read from ``SQUALL_*`` environment variables (``__`` nests).
+
+Built in the entry point and passed down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/squall"
+
+
+class GatewaySettings(BaseModel):
+    host: str = Field("0.0.0.0", description="Address the HTTP API listens on.")
+    port: int = Field(8888, ge=0, le=65535, description="Port of the HTTP API (also /metrics, /healthz).")
+    max_items: int = Field(10_000, ge=1, le=1_000_000, description="Most items one request may carry (413).")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Largest request body accepted (413)."
+    )
+    max_rid_length: int = Field(128, ge=1, le=1024, description="Longest string rid accepted.")
+    publish_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="How long to wait for JetStream to ack an event before answering 503."
+    )
+
+
+class ProcessorSettings(BaseModel):
+    http_port: int = Field(9101, ge=0, le=65535, description="Port serving /metrics, /healthz, /readyz.")
+    fetch_batch: int = Field(256, ge=1, le=10_000, description="Request events fetched per pull.")
+    max_ack_pending: int = Field(
+        4096, ge=1, le=1_000_000, description="In-flight messages per consumer (bounds memory)."
+    )
+    ack_wait_seconds: float = Field(
+        60.0, gt=0, le=3600, description="Redelivery delay for an unacked message (crash recovery)."
+    )
+    lease_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=86_400,
+        description="How long a claimed batch stays owned before another processor may reclaim it.",
+    )
+    shutdown_grace_seconds: float = Field(
+        20.0, ge=0, le=3600, description="Time to finish in-flight work on SIGTERM before handing it back."
+    )
+
+
+class SchedulerSettings(BaseModel):
+    http_port: int = Field(9102, ge=0, le=65535, description="Port serving /metrics, /healthz, /readyz.")
+    default_interval_seconds: float = Field(
+        2.0, gt=0, le=86_400, description="Polling interval of a batch processing with none of its own."
+    )
+
+
+class NatsSettings(BaseModel):
+    stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of Squall's streams.")
+    duplicate_window_seconds: float = Field(
+        120.0, gt=0, le=86_400, description="JetStream de-duplication window for message ids."
+    )
+    stream_max_bytes: int = Field(
+        -1, ge=-1, description="Size limit of each stream in bytes (-1: unlimited)."
+    )
+    connect_timeout_seconds: float = Field(5.0, gt=0, le=120, description="Timeout of one connect attempt.")
+    connect_retry_seconds: float = Field(
+        60.0, ge=0, le=3600, description="How long to keep retrying the first connection before exiting."
+    )
+
+
+class ProcessingOverride(BaseModel):
+    """Per-processing settings that override its registration, e.g. ``SQUALL_PROCESSINGS__SUM__MODE``."""
+
+    mode: Literal["batch", "immediate"] | None = None
+    batch_size: int | None = Field(None, ge=1, le=100_000)
+    timeout_seconds: float | None = Field(None, gt=0, le=86_400)
+    interval_seconds: float | None = Field(None, gt=0, le=86_400)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SQUALL_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    nats_url: str = Field(DEFAULT_NATS_URL, description="NATS server URL(s), comma separated.")
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy URL of PostgreSQL (asyncpg).")
+    database_pool_size: int = Field(10, ge=1, le=200, description="Connections per process.")
+    log_format: Literal["json", "text"] = Field("json", description="json in containers, text locally.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    instance_id: str = Field(
+        "", description="Name of this process in logs and task claims (default: host-pid)."
+    )
+    processing_modules: list[str] = Field(
+        default_factory=list,
+        description="Python modules (or module:attribute) whose Processing objects are registered.",
+    )
+    processings: dict[str, ProcessingOverride] = Field(default_factory=dict)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)  # type: ignore[arg-type]
+    processor: ProcessorSettings = Field(default_factory=ProcessorSettings)  # type: ignore[arg-type]
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)  # type: ignore[arg-type]
+    nats: NatsSettings = Field(default_factory=NatsSettings)  # type: ignore[arg-type]
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, value: str) -> str:
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            value = "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("must be a PostgreSQL URL (postgresql:// or postgresql+asyncpg://)")
+        return value
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: str) -> str:
+        for server in value.split(","):
+            if not server.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ValueError("each server must start with nats://, tls://, ws:// or wss://")
+        return value
+
+    @field_validator("processings", mode="before")
+    @classmethod
+    def _lower_names(cls, value: object) -> object:
+        # Environment variable names arrive upper-cased on some platforms; processing names are lower case.
+        if isinstance(value, dict):
+            return {str(k).lower(): v for k, v in value.items()}
+        return value
+
+
+class SettingsError(SystemExit):
+    """A bad setting: the process exits with a message naming the variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings; on a bad value exit with a message naming the environment variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = ["invalid settings:"]
+        for err in exc.errors():
+            variable = "SQUALL_" + "__".join(str(part) for part in err["loc"]).upper()
+            lines.append(f"  {variable}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("\n".join(lines)) from None
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a URL for logs and error messages."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"

@@ -1,0 +1,471 @@
+"""Every read and write of Squall's state in PostgreSQL, shared by the gateway and the processors.
+
+Hot paths are SQLAlchemy Core ``text()`` statements with array parameters: one round trip per batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from squall.core.events import Item, RequestSubmitted
+
+
+def items_hash(items: Sequence[Item]) -> bytes:
+    """A digest of the items in order: equal digests mean an identical re-submission."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(f"{item.number}\x1f{item.job}\x1e".encode())
+    return digest.digest()
+
+
+def result_json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # integers beyond 64 bits
+        return json.dumps(value)
+
+
+# --- intake (gateway) -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accepted:
+    task_id: uuid.UUID
+    created: bool  # False: an identical earlier submission
+    recorded: bool
+    payload: bytes | None  # the event to (re)publish while the request is not recorded yet
+
+
+class RidConflict(Exception):
+    """The rid was submitted before with other items."""
+
+
+_ACCEPT = text(
+    """
+    WITH r AS (
+        INSERT INTO requests (rid, rid_is_int, task_id, items_hash, item_count, payload)
+        VALUES (:rid, :rid_is_int, :task_id, :items_hash, :item_count, :payload)
+        ON CONFLICT (rid) DO NOTHING
+        RETURNING task_id
+    ), t AS (
+        INSERT INTO tasks (id, kind, rid) SELECT task_id, 'request', :rid FROM r
+    )
+    SELECT task_id FROM r
+    """
+)
+_EXISTING = text(
+    "SELECT task_id, items_hash, recorded_at IS NOT NULL AS recorded, payload FROM requests WHERE rid = :rid"
+)
+
+
+async def accept_request(
+    engine: AsyncEngine, event: RequestSubmitted, rid_is_int: bool, payload: bytes
+) -> Accepted:
+    """Record that the gateway accepted a request (before publishing it), or find the earlier one."""
+    digest = items_hash(event.items)
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                _ACCEPT,
+                {
+                    "rid": event.rid,
+                    "rid_is_int": rid_is_int,
+                    "task_id": event.task_id,
+                    "items_hash": digest,
+                    "item_count": len(event.items),
+                    "payload": payload,
+                },
+            )
+        ).first()
+        if row is not None:
+            return Accepted(event.task_id, created=True, recorded=False, payload=payload)
+        existing = (await conn.execute(_EXISTING, {"rid": event.rid})).one()
+    if existing.items_hash != digest:
+        raise RidConflict(event.rid)
+    return Accepted(existing.task_id, created=False, recorded=existing.recorded, payload=existing.payload)
+
+
+async def withdraw_request(engine: AsyncEngine, task_id: uuid.UUID) -> None:
+    """Undo an acceptance whose event could not be published (the client is told 503 and may retry)."""
+    async with engine.begin() as conn:
+        deleted = await conn.execute(
+            text("DELETE FROM requests WHERE task_id = :t AND recorded_at IS NULL RETURNING task_id"),
+            {"t": task_id},
+        )
+        if deleted.first() is not None:
+            await conn.execute(text("DELETE FROM tasks WHERE id = :t"), {"t": task_id})
+
+
+# --- reads (gateway, CLI) ---------------------------------------------------------------------------------
+
+
+async def get_task(engine: AsyncEngine, task_id: uuid.UUID) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    """
+                    SELECT t.id, t.kind, t.state, t.attempts, t.created_at, t.updated_at, t.error, t.rid,
+                           t.processing, t.items_processed, r.rid_is_int
+                    FROM tasks t LEFT JOIN requests r ON r.task_id = t.id
+                    WHERE t.id = :id
+                    """
+                ),
+                {"id": task_id},
+            )
+        ).first()
+    if row is None:
+        return None
+    task: dict[str, Any] = {
+        "task_id": str(row.id),
+        "kind": row.kind,
+        "state": row.state,
+        "attempts": row.attempts,
+        "created_at": _iso(row.created_at),
+        "updated_at": _iso(row.updated_at),
+        "error": row.error,
+        "rid": present_rid(row.rid, bool(row.rid_is_int)) if row.rid is not None else None,
+    }
+    if row.kind == "poll":
+        task["processing"] = row.processing
+        task["items_processed"] = row.items_processed
+    return task
+
+
+async def get_request(engine: AsyncEngine, rid: str) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        head = (
+            await conn.execute(
+                text(
+                    """
+                    SELECT r.rid, r.rid_is_int, r.task_id, r.processed, r.recorded_at, r.item_count,
+                           r.payload, t.state
+                    FROM requests r JOIN tasks t ON t.id = r.task_id WHERE r.rid = :rid
+                    """
+                ),
+                {"rid": rid},
+            )
+        ).first()
+        if head is None:
+            return None
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT number, job, state, result, error FROM items "
+                    "WHERE request_task_id = :t ORDER BY position"
+                ),
+                {"t": head.task_id},
+            )
+        ).all()
+    if head.recorded_at is None:
+        # Accepted, not yet recorded by a processor: every item is pending.
+        accepted = RequestSubmitted.model_validate_json(head.payload)
+        items = [
+            {"number": i.number, "job": i.job, "state": "pending", "result": None, "error": None}
+            for i in accepted.items
+        ]
+    else:
+        items = [
+            {"number": r.number, "job": r.job, "state": r.state, "result": r.result, "error": r.error}
+            for r in rows
+        ]
+    counts = {"pending": 0, "done": 0, "failed": 0}
+    for item in items:
+        counts["pending" if item["state"] in ("pending", "running") else item["state"]] += 1
+    return {
+        "rid": present_rid(head.rid, head.rid_is_int),
+        "task_id": str(head.task_id),
+        "recorded": head.recorded_at is not None,
+        "processed": head.processed,
+        "counts": counts,
+        "items": items,
+    }
+
+
+async def task_id_of_rid(engine: AsyncEngine, rid: str) -> uuid.UUID | None:
+    async with engine.connect() as conn:
+        return (  # type: ignore[no-any-return]
+            await conn.execute(text("SELECT task_id FROM requests WHERE rid = :rid"), {"rid": rid})
+        ).scalar()
+
+
+async def rid_of_task(engine: AsyncEngine, task_id: uuid.UUID) -> str | None:
+    async with engine.connect() as conn:
+        return (  # type: ignore[no-any-return]
+            await conn.execute(text("SELECT rid FROM requests WHERE task_id = :t"), {"t": task_id})
+        ).scalar()
+
+
+def present_rid(rid: str, rid_is_int: bool) -> int | str:
+    return int(rid) if rid_is_int else rid
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+# --- recording requests (processor) -----------------------------------------------------------------------
+
+
+@dataclass
+class NewItem:
+    request_task_id: uuid.UUID
+    position: int
+    number: int
+    job: str
+    state: str  # pending (batch mode) or done / failed (immediate mode, already computed)
+    result: str | None  # JSON text
+    error: str | None
+
+
+async def claim_unrecorded(conn: AsyncConnection, task_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Mark requests recorded; answers the ones this transaction recorded (the rest are duplicates)."""
+    rows = await conn.execute(
+        text(
+            """
+            UPDATE requests SET recorded_at = now(), payload = NULL
+            WHERE task_id = ANY(CAST(:ids AS uuid[])) AND recorded_at IS NULL
+            RETURNING task_id
+            """
+        ),
+        {"ids": list(task_ids)},
+    )
+    return {r.task_id for r in rows}
+
+
+async def insert_items(conn: AsyncConnection, new_items: Sequence[NewItem]) -> None:
+    if not new_items:
+        return
+    await conn.execute(
+        text(
+            """
+            INSERT INTO items (request_task_id, position, number, job, state, result, error, attempts)
+            SELECT t, p, n, j, s, CAST(r AS jsonb), e, CASE WHEN s = 'pending' THEN 0 ELSE 1 END
+            FROM unnest(CAST(:t AS uuid[]), CAST(:p AS int[]), CAST(:n AS bigint[]), CAST(:j AS text[]),
+                        CAST(:s AS text[]), CAST(:r AS text[]), CAST(:e AS text[])) AS v(t, p, n, j, s, r, e)
+            """
+        ),
+        {
+            "t": [i.request_task_id for i in new_items],
+            "p": [i.position for i in new_items],
+            "n": [i.number for i in new_items],
+            "j": [i.job for i in new_items],
+            "s": [i.state for i in new_items],
+            "r": [i.result for i in new_items],
+            "e": [i.error for i in new_items],
+        },
+    )
+
+
+async def finish_request_tasks(conn: AsyncConnection, task_ids: Iterable[uuid.UUID]) -> None:
+    await conn.execute(
+        text(
+            """
+            UPDATE tasks SET state = 'succeeded', attempts = attempts + 1, updated_at = now(),
+                             started_at = coalesce(started_at, now()), finished_at = now()
+            WHERE id = ANY(CAST(:ids AS uuid[]))
+            """
+        ),
+        {"ids": list(task_ids)},
+    )
+
+
+async def mark_processed(conn: AsyncConnection, request_task_ids: Iterable[uuid.UUID]) -> int:
+    """Mark requests processed once none of their items is pending or running.
+
+    The rows are locked first, in a fixed order, and checked in a second statement: that statement's
+    snapshot then sees the items of every transaction that locked the row before, so two processors
+    finishing a request's last items at once cannot both miss that it is complete.
+    """
+    ids = sorted(set(request_task_ids))
+    if not ids:
+        return 0
+    await conn.execute(
+        text(
+            "SELECT 1 FROM requests WHERE task_id = ANY(CAST(:ids AS uuid[])) AND NOT processed "
+            "ORDER BY task_id FOR UPDATE"
+        ),
+        {"ids": ids},
+    )
+    result = await conn.execute(
+        text(
+            """
+            UPDATE requests r SET processed = true, processed_at = now()
+            WHERE r.task_id = ANY(CAST(:ids AS uuid[])) AND NOT r.processed AND r.recorded_at IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM items i WHERE i.request_task_id = r.task_id
+                              AND i.state IN ('pending', 'running'))
+            """
+        ),
+        {"ids": ids},
+    )
+    return result.rowcount  # type: ignore[attr-defined,no-any-return]
+
+
+async def unrecorded_payloads(
+    engine: AsyncEngine, older_than_seconds: float, limit: int
+) -> list[tuple[str, bytes]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                """
+                SELECT rid, payload FROM requests
+                WHERE recorded_at IS NULL AND created_at < now() - make_interval(secs => :age)
+                ORDER BY created_at LIMIT :limit
+                """
+            ),
+            {"age": older_than_seconds, "limit": limit},
+        )
+        return [(r.rid, r.payload) for r in rows]
+
+
+# --- polling tasks (processor) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    request_task_id: uuid.UUID
+    position: int
+    number: int
+    attempts: int
+
+
+async def start_poll_task(
+    conn: AsyncConnection, task_id: uuid.UUID, processing: str, batch_size: int
+) -> bool:
+    """Record the poll task as running; False if it already finished (a redelivery: do not run it again)."""
+    row = (
+        await conn.execute(
+            text(
+                """
+                INSERT INTO tasks (id, kind, processing, batch_size, state, attempts, started_at)
+                VALUES (:id, 'poll', :processing, :batch_size, 'running', 1, now())
+                ON CONFLICT (id) DO UPDATE
+                    SET state = 'running', attempts = tasks.attempts + 1, updated_at = now(),
+                        started_at = coalesce(tasks.started_at, now())
+                    WHERE tasks.state IN ('queued', 'running')
+                RETURNING id
+                """
+            ),
+            {"id": task_id, "processing": processing, "batch_size": batch_size},
+        )
+    ).first()
+    return row is not None
+
+
+async def claim_items(
+    conn: AsyncConnection, processing: str, task_id: uuid.UUID, limit: int, lease_seconds: float
+) -> list[ClaimedItem]:
+    """Claim up to ``limit`` pending items; no two transactions can claim the same item (SKIP LOCKED).
+
+    An item still running under this task (a redelivered task) or whose lease expired (its processor
+    died) is claimable again.
+    """
+    rows = await conn.execute(
+        text(
+            """
+            UPDATE items SET state = 'running', attempts = items.attempts + 1, claim_task_id = :task,
+                             lease_until = now() + make_interval(secs => :lease), updated_at = now()
+            WHERE (request_task_id, position) IN (
+                SELECT request_task_id, position FROM items
+                WHERE job = :job AND (state = 'pending'
+                      OR (state = 'running' AND (lease_until < now() OR claim_task_id = :task)))
+                ORDER BY created_at
+                LIMIT :limit
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING request_task_id, position, number, attempts
+            """
+        ),
+        {"task": task_id, "lease": lease_seconds, "job": processing, "limit": limit},
+    )
+    return [ClaimedItem(r.request_task_id, r.position, r.number, r.attempts) for r in rows]
+
+
+async def write_results(
+    conn: AsyncConnection,
+    task_id: uuid.UUID,
+    claimed: Sequence[ClaimedItem],
+    states: Sequence[str],
+    results: Sequence[str | None],
+    errors: Sequence[str | None],
+) -> set[uuid.UUID]:
+    """Write the outcome of claimed items, only where this task still owns them: one effect per item."""
+    rows = await conn.execute(
+        text(
+            """
+            UPDATE items SET state = v.s, result = CAST(v.r AS jsonb), error = v.e, lease_until = NULL,
+                             updated_at = now()
+            FROM unnest(CAST(:t AS uuid[]), CAST(:p AS int[]), CAST(:s AS text[]), CAST(:r AS text[]),
+                        CAST(:e AS text[])) AS v(t, p, s, r, e)
+            WHERE items.request_task_id = v.t AND items.position = v.p
+              AND items.claim_task_id = :task AND items.state = 'running'
+            RETURNING items.request_task_id
+            """
+        ),
+        {
+            "task": task_id,
+            "t": [c.request_task_id for c in claimed],
+            "p": [c.position for c in claimed],
+            "s": list(states),
+            "r": list(results),
+            "e": list(errors),
+        },
+    )
+    return {r.request_task_id for r in rows}
+
+
+async def finish_poll_task(
+    conn: AsyncConnection, task_id: uuid.UUID, state: str, items_processed: int, error: str | None
+) -> None:
+    await conn.execute(
+        text(
+            """
+            UPDATE tasks SET state = :state, items_processed = :n, error = :error, updated_at = now(),
+                             finished_at = now()
+            WHERE id = :id
+            """
+        ),
+        {"id": task_id, "state": state, "n": items_processed, "error": error},
+    )
+
+
+async def record_poll_task(engine: AsyncEngine, task_id: uuid.UUID, processing: str, batch_size: int) -> bool:
+    """The publisher's record of a poll task, before it publishes it; False if it exists already."""
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    """
+                    INSERT INTO tasks (id, kind, processing, batch_size) VALUES (:id, 'poll', :p, :b)
+                    ON CONFLICT (id) DO NOTHING RETURNING id
+                    """
+                ),
+                {"id": task_id, "p": processing, "b": batch_size},
+            )
+        ).first()
+    return row is not None
+
+
+async def pending_count(engine: AsyncEngine, processing: str) -> int:
+    async with engine.connect() as conn:
+        return int(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM items WHERE job = :job AND (state = 'pending' "
+                        "OR (state = 'running' AND lease_until < now()))"
+                    ),
+                    {"job": processing},
+                )
+            ).scalar_one()
+        )

@@ -1,0 +1,283 @@
+"""The gateway: Squall's HTTP API (Tornado). Validates input, publishes events, reads state.
+
+Intake of a request: validate → record the acceptance in PostgreSQL (unique rid: this decides new,
+identical re-submission or conflict) → publish the event to JetStream (message id from the rid) → answer.
+If the publish fails the acceptance is withdrawn and the client gets 503 with Retry-After; if the gateway
+dies between the two, processors re-publish the stored event (see the processor's sweep).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from contextlib import AsyncExitStack
+
+import nats.errors
+import nats.js.errors
+import tornado.escape
+import tornado.httpserver
+import tornado.web
+from nats.aio.client import Client
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from squall.core import broker, events, metrics, store
+from squall.core.db import create_engine
+from squall.core.http import ApiError, JsonHandler, NotFoundHandler, ops_routes
+from squall.core.lifecycle import instance_id
+from squall.core.processings import Registry, load_registry
+from squall.core.readiness import dependency_problems
+from squall.core.settings import Settings
+from squall.gateway import validation
+from squall.gateway.openapi import openapi_spec
+
+log = logging.getLogger("squall.gateway")
+
+RETRY_AFTER_SECONDS = "2"
+
+
+class GatewayApp(tornado.web.Application):
+    """The Tornado application, with its dependencies injected."""
+
+    def __init__(self, settings: Settings, registry: Registry, engine: AsyncEngine, nc: Client) -> None:
+        self.squall = settings
+        self.registry = registry
+        self.engine = engine
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.accepting = True
+        super().__init__(
+            [
+                (r"/v1/requests", SubmitHandler),
+                (r"/v1/requests/([^/]+)", RequestStatusHandler),
+                (r"/v1/tasks/([^/]+)", TaskHandler),
+                (r"/v1/openapi\.json", OpenApiHandler),
+                (r"/number_request", LegacyHandler),
+                *ops_routes(self.problems),
+            ],
+            default_handler_class=NotFoundHandler,
+            log_function=record_request,
+            compress_response=False,
+        )
+
+    async def problems(self) -> list[str]:
+        found = await dependency_problems(self.nc, self.engine)
+        if not self.accepting:
+            found.append("shutting down")
+        return found
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> None:
+        """Publish and wait for JetStream's ack; ApiError 503 when it cannot be persisted now."""
+        if not self.nc.is_connected:
+            metrics.EVENTS_PUBLISHED.labels(subject, "unavailable").inc()
+            raise _unavailable("the message broker is unreachable")
+        started = time.perf_counter()
+        try:
+            await self.js.publish(
+                subject,
+                payload,
+                timeout=self.squall.gateway.publish_timeout_seconds,
+                headers={"Nats-Msg-Id": msg_id},
+            )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            metrics.EVENTS_PUBLISHED.labels(subject, "failed").inc()
+            log.warning("publish to %s failed: %s", subject, exc)
+            raise _unavailable("the message broker did not persist the request") from None
+        metrics.PUBLISH_DURATION.observe(time.perf_counter() - started)
+        metrics.EVENTS_PUBLISHED.labels(subject, "ok").inc()
+
+
+def _unavailable(message: str) -> ApiError:
+    return ApiError(503, "unavailable", message, None, {"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def record_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's per-request hook: metrics by route template (never the raw path: it holds ids)."""
+    route = getattr(handler, "route", "unmatched")
+    method = handler.request.method or "?"
+    if method not in _METHODS:
+        method = "other"
+    metrics.HTTP_REQUESTS.labels(route, method, str(handler.get_status())).inc()
+    metrics.HTTP_DURATION.labels(route, method).observe(handler.request.request_time())
+    if handler.get_status() >= 500:
+        log.warning("%s %s answered %d", method, route, handler.get_status())
+
+
+_METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"))
+
+
+class BaseHandler(JsonHandler):
+    """Shared behaviour of every gateway route."""
+
+    application: GatewayApp
+
+    @property
+    def app(self) -> GatewayApp:
+        return self.application
+
+
+class SubmitHandler(BaseHandler):
+    route = "/v1/requests"
+
+    async def post(self) -> None:
+        validation.check_json_content_type(self.request.headers.get("Content-Type"))
+        gw = self.app.squall.gateway
+        self._check_size(gw.max_body_bytes)
+        sub = validation.parse_submission(
+            validation.parse_json(self.request.body), self.app.registry, gw.max_items, gw.max_rid_length
+        )
+        accepted = await submit(self.app, sub)
+        rid = store.present_rid(sub.rid, sub.rid_is_int)
+        self.write_json(
+            {
+                "task_id": str(accepted.task_id),
+                "rid": rid,
+                "created": accepted.created,
+                "links": {
+                    "task": f"/v1/tasks/{accepted.task_id}",
+                    "request": f"/v1/requests/{sub.rid}",
+                },
+            },
+            202 if accepted.created else 200,
+        )
+
+    def _check_size(self, limit: int) -> None:
+        if len(self.request.body) > limit:
+            raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes", "body")
+
+
+async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
+    """Accept a request (or find its identical earlier submission) and make sure its event is published."""
+    event = events.RequestSubmitted(task_id=uuid.uuid4(), rid=sub.rid, items=sub.items)
+    payload = event.model_dump_json().encode()
+    if not app.nc.is_connected:
+        metrics.EVENTS_PUBLISHED.labels(events.REQUEST_SUBMITTED, "unavailable").inc()
+        raise _unavailable("the message broker is unreachable")
+    try:
+        accepted = await store.accept_request(app.engine, event, sub.rid_is_int, payload)
+    except store.RidConflict:
+        raise ApiError(409, "rid_conflict", "this rid was submitted before with other items", "rid") from None
+    if accepted.created:
+        try:
+            await app.publish(events.REQUEST_SUBMITTED, payload, event.msg_id)
+        except ApiError:
+            await store.withdraw_request(app.engine, accepted.task_id)
+            raise
+    elif not accepted.recorded and accepted.payload is not None:
+        # Identical re-submission of a request not recorded yet: publish again in case the first event
+        # was lost; JetStream drops it as a duplicate otherwise, and processors record a request once.
+        await app.publish(events.REQUEST_SUBMITTED, accepted.payload, event.msg_id)
+    return accepted
+
+
+class TaskHandler(BaseHandler):
+    route = "/v1/tasks/{task_id}"
+
+    async def get(self, raw_id: str) -> None:
+        task_id = validation.parse_task_id(raw_id)
+        task = await store.get_task(self.app.engine, task_id) if task_id else None
+        if task is None:
+            raise ApiError(404, "not_found", "no task with this id", "task_id")
+        self.write_json(task)
+
+
+class RequestStatusHandler(BaseHandler):
+    route = "/v1/requests/{rid}"
+
+    async def get(self, raw_rid: str) -> None:
+        rid = tornado.escape.url_unescape(raw_rid)
+        request = await store.get_request(self.app.engine, rid)
+        if request is None:
+            raise ApiError(404, "not_found", "no request with this rid", "rid")
+        self.write_json(request)
+
+
+class OpenApiHandler(BaseHandler):
+    route = "/v1/openapi.json"
+
+    def get(self) -> None:
+        self.write_json(openapi_spec(sorted(self.app.registry)))
+
+
+class LegacyHandler(BaseHandler):
+    """The original example's contract, kept so its clients work unchanged."""
+
+    route = "/number_request"
+
+    async def post(self) -> None:
+        validation.check_json_content_type(self.request.headers.get("Content-Type"))
+        gw = self.app.squall.gateway
+        if len(self.request.body) > gw.max_body_bytes:
+            raise ApiError(
+                413, "body_too_large", f"the body is larger than {gw.max_body_bytes} bytes", "body"
+            )
+        sub = validation.parse_legacy_submission(
+            validation.parse_json(self.request.body), self.app.registry, gw.max_items, gw.max_rid_length
+        )
+        accepted = await submit(self.app, sub)
+        self.write_json(
+            {"task_id": str(accepted.task_id), "rid": store.present_rid(sub.rid, sub.rid_is_int)}, 201
+        )
+
+    async def get(self) -> None:
+        lookup = validation.legacy_lookup(
+            self.request.body, self.request.headers.get("Content-Type"), self.request.query_arguments
+        )
+        rid: str | None = None
+        if "task_id" in lookup:
+            task_id = validation.parse_task_id(str(lookup["task_id"]))
+            rid = await store.rid_of_task(self.app.engine, task_id) if task_id else None
+            if rid is None:
+                raise ApiError(404, "not_found", "no request with this task_id", "task_id")
+        else:
+            rid, _ = validation.parse_rid(lookup["rid"], self.app.squall.gateway.max_rid_length)
+        request = await store.get_request(self.app.engine, rid)
+        if request is None:
+            raise ApiError(404, "not_found", "no request with this rid", "rid")
+        self.write_json(
+            {
+                "status": "done: recorded" if request["recorded"] else "queued: not recorded yet",
+                "task_id": request["task_id"],
+                "rid": request["rid"],
+                "processed": request["processed"],
+                "numbers": [i["number"] for i in request["items"]],
+                "jobtodo": [i["job"] for i in request["items"]],
+                "results": [i["result"] for i in request["items"]],
+            },
+            200,
+        )
+
+
+def make_server(app: GatewayApp) -> tornado.httpserver.HTTPServer:
+    gw = app.squall.gateway
+    return tornado.httpserver.HTTPServer(
+        app,
+        xheaders=True,
+        max_body_size=gw.max_body_bytes + 1,
+        idle_connection_timeout=60,
+        body_timeout=30,
+    )
+
+
+async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -> None:
+    """``squall gateway``."""
+    registry = load_registry(settings)
+    name = instance_id(settings, "gateway")
+    engine = create_engine(settings)
+    stack.push_async_callback(engine.dispose)
+    nc = await broker.connect(settings, name)
+    stack.push_async_callback(nc.drain)
+    await broker.ensure_streams(nc.jetstream(), settings)
+    app = GatewayApp(settings, registry, engine, nc)
+    server = make_server(app)
+    server.listen(settings.gateway.port, settings.gateway.host)
+    log.info("gateway listening on http://%s:%d", settings.gateway.host, settings.gateway.port)
+    await stop.wait()
+    # Stop intake: report not ready, close the listener, let in-flight requests finish.
+    app.accepting = False
+    server.stop()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=10)
+    except TimeoutError:
+        log.warning("some connections did not close within 10 s")

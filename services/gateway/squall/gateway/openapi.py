@@ -1,0 +1,293 @@
+"""The OpenAPI 3.1 description of the gateway, served at ``/v1/openapi.json``.
+
+A test checks that every route the application serves is described here, and the reverse.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from squall.core.metrics import VERSION
+from squall.gateway.validation import INT64_MAX, INT64_MIN, MAX_JSON_DEPTH
+
+INT64 = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
+RID = {
+    "oneOf": [
+        INT64,
+        {"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"},
+    ]
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed JSON.",
+        404: "Not found.",
+        409: "The rid was submitted before with other items.",
+        413: "Too many items, or the body is too large.",
+        415: "The body is not JSON.",
+        422: "A field is invalid (the error names it).",
+        503: "NATS or PostgreSQL is unreachable; retry after Retry-After seconds.",
+    }
+    return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+
+
+def openapi_spec(processings: list[str]) -> dict[str, Any]:
+    job = {"type": "string", "enum": processings} if processings else {"type": "string"}
+    item_state = {"type": "string", "enum": ["pending", "running", "done", "failed"]}
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message", "field"],
+                    "properties": {
+                        "code": {"type": "string", "description": "Machine-readable error code."},
+                        "message": {"type": "string"},
+                        "field": {"type": ["string", "null"], "description": "The offending field, if any."},
+                    },
+                }
+            },
+        },
+        "Item": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["number", "job"],
+            "properties": {"number": INT64, "job": job},
+        },
+        "Submission": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["items"],
+            "properties": {
+                "rid": {**RID, "description": "Your id of the request; assigned when absent."},
+                "items": {"type": "array", "minItems": 1, "maxItems": 10_000, "items": _ref("Item")},
+            },
+        },
+        "Accepted": {
+            "type": "object",
+            "required": ["task_id", "rid", "created", "links"],
+            "properties": {
+                "task_id": {"type": "string", "format": "uuid"},
+                "rid": RID,
+                "created": {"type": "boolean", "description": "False for an identical re-submission."},
+                "links": {
+                    "type": "object",
+                    "properties": {"task": {"type": "string"}, "request": {"type": "string"}},
+                },
+            },
+        },
+        "Task": {
+            "type": "object",
+            "required": ["task_id", "kind", "state", "attempts", "created_at", "updated_at", "error", "rid"],
+            "properties": {
+                "task_id": {"type": "string", "format": "uuid"},
+                "kind": {"type": "string", "enum": ["request", "poll"]},
+                "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "dead"]},
+                "attempts": {"type": "integer", "minimum": 0},
+                "created_at": {"type": "string", "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "error": {"type": ["string", "null"]},
+                "rid": {"oneOf": [*RID["oneOf"], {"type": "null"}]},
+                "processing": {"type": "string", "description": "Poll tasks only."},
+                "items_processed": {"type": "integer", "description": "Poll tasks only."},
+            },
+        },
+        "RequestStatus": {
+            "type": "object",
+            "required": ["rid", "task_id", "recorded", "processed", "counts", "items"],
+            "properties": {
+                "rid": RID,
+                "task_id": {"type": "string", "format": "uuid"},
+                "recorded": {"type": "boolean", "description": "A processor has recorded the items."},
+                "processed": {"type": "boolean", "description": "No item is pending any more."},
+                "counts": {
+                    "type": "object",
+                    "required": ["pending", "done", "failed"],
+                    "properties": {k: {"type": "integer"} for k in ("pending", "done", "failed")},
+                },
+                "items": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["number", "job", "state", "result", "error"],
+                        "properties": {
+                            "number": INT64,
+                            "job": {"type": "string"},
+                            "state": item_state,
+                            "result": {"description": "The processing's result (any JSON), null until done."},
+                            "error": {"type": ["string", "null"]},
+                        },
+                    },
+                },
+            },
+        },
+        "LegacySubmission": {
+            "type": "object",
+            "required": ["numbers", "jobtodo"],
+            "properties": {
+                "rid": RID,
+                "numbers": {"type": "array", "minItems": 1, "items": INT64},
+                "jobtodo": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": job,
+                    "description": "One job per number, or one job for all numbers.",
+                },
+            },
+        },
+        "LegacyLookup": {
+            "type": "object",
+            "properties": {"task_id": {"type": "string"}, "rid": RID},
+        },
+        "LegacyStatus": {
+            "type": "object",
+            "required": ["status", "task_id", "rid", "processed", "numbers", "jobtodo", "results"],
+            "properties": {
+                "status": {
+                    "type": "string",
+                    "description": "Starts with 'done' once the request is recorded.",
+                },
+                "task_id": {"type": "string", "format": "uuid"},
+                "rid": RID,
+                "processed": {"type": "boolean"},
+                "numbers": {"type": "array", "items": INT64},
+                "jobtodo": {"type": "array", "items": {"type": "string"}},
+                "results": {"type": "array", "description": "One per number; null while pending."},
+            },
+        },
+        "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+    }
+    lookup_params = [
+        {"name": "task_id", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "rid", "in": "query", "required": False, "schema": {"type": "string"}},
+    ]
+    paths: dict[str, Any] = {
+        "/v1/requests": {
+            "post": {
+                "operationId": "submitRequest",
+                "summary": "Submit a request of items.",
+                "description": f"JSON nested deeper than {MAX_JSON_DEPTH} levels is refused.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Submission")}},
+                },
+                "responses": {
+                    "202": _json(_ref("Accepted"), "Accepted; processing follows."),
+                    "200": _json(_ref("Accepted"), "An identical earlier submission: the same task."),
+                    **_errors(400, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/requests/{rid}": {
+            "get": {
+                "operationId": "getRequest",
+                "summary": "A request's items, their states and results.",
+                "parameters": [{"name": "rid", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json(_ref("RequestStatus"), "The request."), **_errors(404, 503)},
+            }
+        },
+        "/v1/tasks/{task_id}": {
+            "get": {
+                "operationId": "getTask",
+                "summary": "A task's state (request tasks resolve as soon as POST answered).",
+                "parameters": [
+                    {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": _json(_ref("Task"), "The task."), **_errors(404, 503)},
+            }
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "operationId": "getOpenApi",
+                "summary": "This document.",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document.")},
+            }
+        },
+        "/number_request": {
+            "post": {
+                "operationId": "legacySubmit",
+                "summary": "The original example's submission.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("LegacySubmission")}},
+                },
+                "responses": {
+                    "201": _json(
+                        {
+                            "type": "object",
+                            "required": ["task_id"],
+                            "properties": {"task_id": {"type": "string"}, "rid": RID},
+                        },
+                        "Accepted.",
+                    ),
+                    **_errors(400, 409, 413, 415, 422, 503),
+                },
+            },
+            "get": {
+                "operationId": "legacyStatus",
+                "summary": "The original status lookup (task_id or rid as JSON body, form or query).",
+                "parameters": lookup_params,
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {"schema": _ref("LegacyLookup")},
+                        "application/x-www-form-urlencoded": {"schema": _ref("LegacyLookup")},
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("LegacyStatus"), "The request."),
+                    **_errors(400, 404, 415, 422, 503),
+                },
+            },
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "The process is alive.",
+                "responses": {"200": _json(_ref("Status"), "Alive.")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "NATS and PostgreSQL are reachable.",
+                "responses": {
+                    "200": _json(_ref("Status"), "Ready."),
+                    "503": _json({"type": "object"}, "Not ready; `problems` says why."),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics.",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Squall gateway",
+            "version": VERSION,
+            "description": "Submit requests of items; read task and request state.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }

@@ -1,0 +1,226 @@
+"""Input validation of the gateway: pure functions, every failure an ApiError naming the field."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from squall.core.events import Item
+from squall.core.http import ApiError
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+RID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+MAX_JSON_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Submission:
+    rid: str  # canonical key: an integer rid is kept as its decimal text
+    rid_is_int: bool
+    items: list[Item]
+
+
+def check_json_content_type(content_type: str | None) -> None:
+    """``application/json`` (any charset) or a ``+json`` type; a missing header is taken as JSON."""
+    if not content_type:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json", "Content-Type")
+
+
+def parse_json(body: bytes) -> Any:
+    if not body.strip():
+        raise ApiError(400, "invalid_json", "the body is empty; send a JSON object", "body")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc.msg}", "body") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ApiError(400, "too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels", "body")
+    return value
+
+
+def _depth(value: Any) -> int:
+    # orjson itself refuses more than 1024 levels; this keeps well-formed but absurd documents out too.
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            return depth
+        nxt: list[Any] = []
+        for v in level:
+            if isinstance(v, dict):
+                nxt.extend(v.values())
+            elif isinstance(v, list):
+                nxt.extend(v)
+        level = nxt
+    return depth
+
+
+def _object(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ApiError(422, "invalid_type", f"{field} must be a JSON object", field)
+    return value
+
+
+def _int64(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(422, "invalid_type", f"{field} must be an integer", field)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ApiError(422, "out_of_range", f"{field} must fit in a signed 64-bit integer", field)
+    return value
+
+
+def _job(value: Any, field: str, known: Collection[str]) -> str:
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid_type", f"{field} must be a string", field)
+    if value not in known:
+        raise ApiError(
+            422,
+            "unknown_job",
+            f"{field}: unknown processing {value[:64]!r}; known: {', '.join(sorted(known))}",
+            field,
+        )
+    return value
+
+
+def parse_rid(value: Any, max_length: int, field: str = "rid") -> tuple[str, bool]:
+    """(canonical key, given as an integer). None → a new rid is assigned."""
+    if value is None:
+        return str(uuid.uuid4()), False
+    if isinstance(value, bool):
+        raise ApiError(422, "invalid_type", "rid must be an integer or a string", field)
+    if isinstance(value, int):
+        return str(_int64(value, field)), True
+    if isinstance(value, str):
+        if not value or len(value) > max_length:
+            raise ApiError(422, "invalid_rid", f"rid must be 1 to {max_length} characters long", field)
+        if not RID_PATTERN.match(value):
+            raise ApiError(
+                422,
+                "invalid_rid",
+                "rid may hold letters, digits and . _ : @ - (starting with a letter or digit)",
+                field,
+            )
+        return value, False
+    raise ApiError(422, "invalid_type", "rid must be an integer or a string", field)
+
+
+def _count(values: Any, field: str, max_items: int) -> list[Any]:
+    if not isinstance(values, list):
+        raise ApiError(422, "invalid_type", f"{field} must be a JSON array", field)
+    if not values:
+        raise ApiError(422, "empty", f"{field} must hold at least one item", field)
+    if len(values) > max_items:
+        raise ApiError(
+            413, "too_many_items", f"{field} holds {len(values)} items; the limit is {max_items}", field
+        )
+    return values
+
+
+def parse_submission(
+    doc: Any, known_jobs: Collection[str], max_items: int, max_rid_length: int
+) -> Submission:
+    """``POST /v1/requests``: ``{"rid": int|string (optional), "items": [{"number": int, "job": str}]}``."""
+    body = _object(doc, "body")
+    unknown = set(body) - {"rid", "items"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ApiError(422, "unknown_field", f"unknown field {name[:64]!r}", name[:64])
+    if "items" not in body:
+        raise ApiError(422, "missing_field", "items is required", "items")
+    rid, rid_is_int = parse_rid(body.get("rid"), max_rid_length)
+    items = []
+    for index, raw in enumerate(_count(body["items"], "items", max_items)):
+        field = f"items[{index}]"
+        entry = _object(raw, field)
+        extra = set(entry) - {"number", "job"}
+        if extra:
+            raise ApiError(
+                422,
+                "unknown_field",
+                f"unknown field {sorted(extra)[0][:64]!r}",
+                f"{field}.{sorted(extra)[0][:64]}",
+            )
+        for key in ("number", "job"):
+            if key not in entry:
+                raise ApiError(422, "missing_field", f"{field}.{key} is required", f"{field}.{key}")
+        items.append(
+            Item(
+                number=_int64(entry["number"], f"{field}.number"),
+                job=_job(entry["job"], f"{field}.job", known_jobs),
+            )
+        )
+    return Submission(rid, rid_is_int, items)
+
+
+def parse_legacy_submission(
+    doc: Any, known_jobs: Collection[str], max_items: int, max_rid_length: int
+) -> Submission:
+    """The original ``POST /number_request``: ``{"rid", "numbers": [int], "jobtodo": [str]}``.
+
+    ``jobtodo`` pairs with ``numbers`` (the i-th number goes to the i-th job), or holds one job for all.
+    """
+    body = _object(doc, "body")
+    for key in ("numbers", "jobtodo"):
+        if key not in body:
+            raise ApiError(422, "missing_field", f"{key} is required", key)
+    rid, rid_is_int = parse_rid(body.get("rid"), max_rid_length)
+    numbers = [
+        _int64(n, f"numbers[{i}]") for i, n in enumerate(_count(body["numbers"], "numbers", max_items))
+    ]
+    jobs = [
+        _job(j, f"jobtodo[{i}]", known_jobs)
+        for i, j in enumerate(_count(body["jobtodo"], "jobtodo", max_items))
+    ]
+    if len(jobs) == 1:
+        jobs = jobs * len(numbers)
+    if len(jobs) != len(numbers):
+        raise ApiError(422, "length_mismatch", "jobtodo must hold one job, or one job per number", "jobtodo")
+    return Submission(rid, rid_is_int, [Item(number=n, job=j) for n, j in zip(numbers, jobs, strict=True)])
+
+
+def parse_task_id(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def legacy_lookup(body: bytes, content_type: str | None, query: dict[str, list[bytes]]) -> dict[str, Any]:
+    """``GET /number_request`` finds ``task_id`` or ``rid`` in a JSON body, a form body or the query."""
+    found: dict[str, Any] = {}
+    for key, values in query.items():
+        if key in ("task_id", "rid") and values:
+            found[key] = values[-1].decode(errors="replace")
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if body.strip():
+        if media in ("application/x-www-form-urlencoded",):
+            for key, values in urllib.parse.parse_qs(body.decode(errors="replace")).items():
+                if key in ("task_id", "rid") and values:
+                    found[key] = values[-1]
+        elif media == "multipart/form-data":
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "send task_id or rid as JSON, a form or the query",
+                "Content-Type",
+            )
+        else:
+            doc = _object(parse_json(body), "body")
+            for key in ("task_id", "rid"):
+                if key in doc:
+                    found[key] = doc[key]
+    if "task_id" not in found and "rid" not in found:
+        raise ApiError(
+            422, "missing_field", "give task_id or rid (JSON body, form field or query)", "task_id"
+        )
+    return found

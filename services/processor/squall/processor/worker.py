@@ -1,0 +1,342 @@
+"""The processor: consumes request events and polling tasks from JetStream and writes PostgreSQL.
+
+A message is acked only after its database transaction commits, and every write is guarded so a
+redelivered message never has a second effect:
+
+* request events: ``requests.recorded_at`` flips once; only the transaction that flips it inserts items.
+  Items of ``immediate`` processings are computed before that transaction and inserted with their results.
+* polling tasks: items are claimed (``FOR UPDATE SKIP LOCKED``, with a lease) in one transaction, computed,
+  and written in a second one only where the task still owns them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from squall.core import broker, events, metrics, store
+from squall.core.db import create_engine
+from squall.core.http import start_ops_server
+from squall.core.lifecycle import instance_id
+from squall.core.processings import ItemFailed, ProcessingError, Registry, load_registry
+from squall.core.readiness import dependency_problems
+from squall.core.settings import Settings
+
+log = logging.getLogger("squall.processor")
+
+REQUEST_WORKERS = 2
+TASK_WORKERS = 2
+SWEEP_INTERVAL_SECONDS = 15.0
+SWEEP_MIN_AGE_SECONDS = 30.0
+
+
+class Processor:
+    def __init__(
+        self, settings: Settings, registry: Registry, engine: AsyncEngine, nc: Client, name: str
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.engine = engine
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.name = name
+        self.stopping = asyncio.Event()
+        self._in_flight = 0
+
+    # --- running ------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then finish in-flight work within the grace period."""
+        # One pull subscription per worker loop: fetches on one subscription must not overlap.
+        subs = []
+        workers = []
+        for stream, consumer, count, batch, handle in (
+            (
+                events.REQUESTS_STREAM,
+                events.REQUESTS_CONSUMER,
+                REQUEST_WORKERS,
+                self.settings.processor.fetch_batch,
+                self.handle_requests,
+            ),
+            (events.TASKS_STREAM, events.TASKS_CONSUMER, TASK_WORKERS, 1, self.handle_tasks),
+        ):
+            for _ in range(count):
+                sub = await self.js.pull_subscribe_bind(consumer, stream)
+                subs.append(sub)
+                workers.append(asyncio.create_task(self._consume(sub, batch, handle)))
+        sweeper = asyncio.create_task(self._sweep_forever())
+        log.info("processor %s consuming (processings: %s)", self.name, ", ".join(self.registry))
+        await stop.wait()
+        log.info("stopping: no more fetches; finishing in-flight work")
+        self.stopping.set()
+        sweeper.cancel()
+        _, pending = await asyncio.wait(workers, timeout=self.settings.processor.shutdown_grace_seconds)
+        for worker in pending:
+            worker.cancel()  # the handler naks what it holds: handed back, redelivered to another processor
+        await asyncio.gather(*workers, sweeper, return_exceptions=True)
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _consume(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        batch: int,
+        handle: Callable[[list[Msg]], Awaitable[None]],
+    ) -> None:
+        while not self.stopping.is_set():
+            try:
+                msgs = await sub.fetch(batch, timeout=1.0)
+            except NatsTimeout:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection trouble: back off, the client reconnects
+                log.warning("fetch failed: %r", exc)
+                await asyncio.sleep(0.5)
+                continue
+            self._in_flight += len(msgs)
+            metrics.IN_FLIGHT.set(self._in_flight)
+            try:
+                await handle(msgs)
+            except asyncio.CancelledError:
+                await _nak_all(msgs)
+                raise
+            except Exception:
+                # Database down or a bug: leave the messages to be redelivered after a short delay.
+                log.exception("handling %d message(s) failed; they will be redelivered", len(msgs))
+                await _nak_all(msgs, delay=1.0)
+            finally:
+                self._in_flight -= len(msgs)
+                metrics.IN_FLIGHT.set(self._in_flight)
+
+    # --- request events -----------------------------------------------------------------------------------
+
+    async def handle_requests(self, msgs: list[Msg]) -> None:
+        started = time.perf_counter()
+        submitted: list[tuple[Msg, events.RequestSubmitted]] = []
+        for msg in msgs:
+            if msg.metadata.num_delivered > 1:
+                metrics.REDELIVERIES.labels("request").inc()
+            try:
+                submitted.append((msg, events.RequestSubmitted.model_validate_json(msg.data)))
+            except ValidationError as exc:
+                log.error("dropping a malformed request event: %s", exc.errors()[:3])
+                await msg.term()
+        if not submitted:
+            return
+        computed = await self._compute_immediate([e for _, e in submitted])
+        async with self.engine.begin() as conn:
+            fresh = await store.claim_unrecorded(conn, [e.task_id for _, e in submitted])
+            new_items: list[store.NewItem] = []
+            for _, event in submitted:
+                if event.task_id not in fresh:
+                    continue  # a redelivery or a re-publish: recorded before
+                for position, item in enumerate(event.items):
+                    state, result, error = computed.get((event.task_id, position), ("pending", None, None))
+                    new_items.append(
+                        store.NewItem(event.task_id, position, item.number, item.job, state, result, error)
+                    )
+            await store.insert_items(conn, new_items)
+            await store.finish_request_tasks(conn, fresh)
+            await store.mark_processed(conn, fresh)
+        for msg, _ in submitted:
+            await msg.ack()
+        elapsed = time.perf_counter() - started
+        metrics.TASKS.labels("request", "", "succeeded").inc(len(fresh))
+        metrics.TASK_DURATION.labels("request", "").observe(elapsed)
+        for item in new_items:
+            if item.state != "pending":
+                metrics.ITEMS_PROCESSED.labels(item.job, "done" if item.state == "done" else "failed").inc()
+        log.debug(
+            "recorded %d request(s), %d item(s)", len(fresh), len(new_items), extra={"count": len(fresh)}
+        )
+
+    async def _compute_immediate(
+        self, submitted: list[events.RequestSubmitted]
+    ) -> dict[tuple[uuid.UUID, int], Outcome]:
+        """Results of the items whose processing is immediate (or unknown), keyed by (task, position)."""
+        by_job: dict[str, list[tuple[uuid.UUID, int, int]]] = defaultdict(list)
+        computed: dict[tuple[uuid.UUID, int], Outcome] = {}
+        for event in submitted:
+            for position, item in enumerate(event.items):
+                proc = self.registry.get(item.job)
+                if proc is None:
+                    computed[(event.task_id, position)] = ("failed", None, f"unknown processing {item.job!r}")
+                elif proc.mode == "immediate":
+                    by_job[item.job].append((event.task_id, position, item.number))
+        for job, entries in by_job.items():
+            proc = self.registry[job]
+            for start in range(0, len(entries), proc.batch_size):
+                chunk = entries[start : start + proc.batch_size]
+                outcomes, _ = await run_batch(proc.run, [n for _, _, n in chunk], retry=False)
+                for (task_id, position, _), outcome in zip(chunk, outcomes, strict=True):
+                    computed[(task_id, position)] = outcome
+        return computed
+
+    # --- polling tasks ------------------------------------------------------------------------------------
+
+    async def handle_tasks(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            if msg.metadata.num_delivered > 1:
+                metrics.REDELIVERIES.labels("poll").inc()
+            try:
+                task = events.PollTask.model_validate_json(msg.data)
+            except ValidationError as exc:
+                log.error("dropping a malformed poll task: %s", exc.errors()[:3])
+                await msg.term()
+                continue
+            async with _keep_in_progress(msg, self.settings.processor.ack_wait_seconds):
+                await self.run_poll_task(task)
+            await msg.ack()
+
+    async def run_poll_task(self, task: events.PollTask) -> None:
+        started = time.perf_counter()
+        ctx = {"task_id": str(task.task_id), "processing": task.processing}
+        proc = self.registry.get(task.processing)
+        async with self.engine.begin() as conn:
+            if not await store.start_poll_task(conn, task.task_id, task.processing, task.batch_size):
+                log.info("poll task already finished; skipping the redelivery", extra=ctx)
+                return
+            if proc is None:
+                await store.finish_poll_task(
+                    conn, task.task_id, "failed", 0, f"unknown processing {task.processing!r}"
+                )
+                metrics.TASKS.labels("poll", "", "failed").inc()
+                return
+            claimed = await store.claim_items(
+                conn, task.processing, task.task_id, task.batch_size, self.settings.processor.lease_seconds
+            )
+        outcomes: list[Outcome] = []
+        batch_error = None
+        if claimed:
+            outcomes, batch_error = await run_batch(
+                proc.run, [c.number for c in claimed], retry=[c.attempts < proc.max_attempts for c in claimed]
+            )
+        async with self.engine.begin() as conn:
+            touched: set[uuid.UUID] = set()
+            if claimed:
+                touched = await store.write_results(
+                    conn,
+                    task.task_id,
+                    claimed,
+                    [s for s, _, _ in outcomes],
+                    [r for _, r, _ in outcomes],
+                    [e for _, _, e in outcomes],
+                )
+                await store.mark_processed(conn, touched)
+            state = "failed" if batch_error else "succeeded"
+            await store.finish_poll_task(conn, task.task_id, state, len(claimed), batch_error)
+        metrics.TASKS.labels("poll", task.processing, state).inc()
+        metrics.TASK_DURATION.labels("poll", task.processing).observe(time.perf_counter() - started)
+        for s, _, _ in outcomes:
+            metrics.ITEMS_PROCESSED.labels(task.processing, s if s != "pending" else "retried").inc()
+        if claimed:
+            log.info("processed %d item(s)", len(claimed), extra={**ctx, "count": len(claimed)})
+
+    # --- lost events --------------------------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+            try:
+                await self.republish_lost()
+            except Exception as exc:
+                log.warning("sweep for lost request events failed: %s", exc)
+
+    async def republish_lost(self) -> int:
+        """Re-publish accepted requests whose event never reached a processor (the gateway died between
+        recording and publishing). Only when the request consumer has no backlog: then an unrecorded
+        request older than the sweep age is one whose event is gone, not one still waiting in the queue."""
+        info = await self.js.consumer_info(events.REQUESTS_STREAM, events.REQUESTS_CONSUMER)
+        if info.num_pending or info.num_ack_pending:
+            return 0
+        lost = await store.unrecorded_payloads(self.engine, SWEEP_MIN_AGE_SECONDS, limit=500)
+        for rid, payload in lost:
+            await self.js.publish(
+                events.REQUEST_SUBMITTED, payload, headers={"Nats-Msg-Id": events.request_msg_id(rid)}
+            )
+        if lost:
+            log.warning("re-published %d request event(s) that never reached a processor", len(lost))
+        return len(lost)
+
+    # --- readiness ----------------------------------------------------------------------------------------
+
+    async def problems(self) -> list[str]:
+        return await dependency_problems(self.nc, self.engine)
+
+
+Outcome = tuple[str, str | None, str | None]
+"""An item's (state, result as JSON text, error)."""
+
+
+async def run_batch(
+    run: Callable[[list[int]], Awaitable[list[Any]]], numbers: list[int], retry: list[bool] | bool
+) -> tuple[list[Outcome], str | None]:
+    """Outcomes per number, and the error that failed the whole batch if it did. A failed batch puts the
+    items that may be retried (``retry`` per item, or one answer for all) back to pending."""
+    try:
+        results = await run(numbers)
+    except ProcessingError as exc:
+        error = str(exc)
+        again = retry if isinstance(retry, list) else [retry] * len(numbers)
+        return [("pending" if a else "failed", None, error) for a in again], error
+    outcomes: list[Outcome] = []
+    for value in results:
+        if isinstance(value, ItemFailed):
+            outcomes.append(("failed", None, value.message))
+        else:
+            outcomes.append(("done", store.result_json(value), None))
+    return outcomes, None
+
+
+async def _nak_all(msgs: list[Msg], delay: float | None = None) -> None:
+    for msg in msgs:
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=delay)
+
+
+@contextlib.asynccontextmanager
+async def _keep_in_progress(msg: Msg, ack_wait: float):  # type: ignore[no-untyped-def]
+    """Tell JetStream a long task is alive so it is not redelivered to a second processor meanwhile."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(ack_wait / 3)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    beater = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beater.cancel()
+
+
+async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -> None:
+    """``squall processor``."""
+    registry = load_registry(settings)
+    name = instance_id(settings, "processor")
+    engine = create_engine(settings)
+    stack.push_async_callback(engine.dispose)
+    nc = await broker.connect(settings, name)
+    stack.push_async_callback(nc.drain)
+    await broker.ensure_streams(nc.jetstream(), settings)
+    processor = Processor(settings, registry, engine, nc, name)
+    ops = start_ops_server(settings.processor.http_port, processor.problems)
+    stack.callback(ops.stop)
+    await processor.run(stop)

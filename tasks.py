@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Squall's development tasks; needs only Python 3.11+ (it makes its own virtual environment).
+
+    python3 tasks.py dev [squall dev options]   run the whole system locally
+    python3 tasks.py test [pytest options]      lint, type-check and run every test
+    python3 tasks.py lint | typecheck | setup | bench
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("SQUALL_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+STAMP = VENV / ".squall-installed"
+
+
+def run(*argv: str | Path) -> None:
+    result = subprocess.run([str(a) for a in argv], cwd=ROOT)
+    if result.returncode != 0:
+        sys.exit(result.returncode)
+
+
+def setup() -> None:
+    """Create .venv and install Squall with its development extras; again only when pyproject changes."""
+    if sys.version_info < (3, 11):
+        sys.exit("Squall needs Python 3.11 or newer")
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == digest and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        venv.create(VENV, with_pip=True)
+    run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+    STAMP.write_text(digest)
+
+
+def lint() -> None:
+    run(BIN / "ruff", "check", ".")
+    run(BIN / "ruff", "format", "--check", ".")
+
+
+def typecheck() -> None:
+    run(BIN / "mypy", "core", "services")
+
+
+def main() -> None:
+    task, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("help", [])
+    if task in ("help", "-h", "--help"):
+        sys.stdout.write(__doc__ or "")
+        return
+    setup()
+    if task == "setup":
+        return
+    if task == "dev":
+        os.execv(BIN / "squall", [str(BIN / "squall"), "dev", *args])
+    if task == "lint":
+        lint()
+    elif task == "typecheck":
+        typecheck()
+    elif task == "test":
+        lint()
+        typecheck()
+        run(PYTHON, "-m", "pytest", *args)
+    elif task == "bench":
+        run(PYTHON, "-m", "bench", *args)
+    else:
+        sys.exit(f"unknown task {task!r}; see python3 tasks.py help")
+
+
+if __name__ == "__main__":
+    main()
