@@ -47,10 +47,10 @@ async def connect(settings: Settings, name: str) -> Client:
             return await nats.connect(
                 servers=[s.strip() for s in settings.nats_url.split(",")],
                 name=name,
-                connect_timeout=settings.nats.connect_timeout_seconds,  # type: ignore[arg-type]
+                connect_timeout=settings.nats.connect_timeout_seconds,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,  # type: ignore[arg-type]
+                reconnect_time_wait=0.5,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,

@@ -83,16 +83,17 @@ class _Server:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def _popen(self, argv: list[str], log: Path, **kwargs: object) -> subprocess.Popen[bytes]:
+    def _popen(self, argv: list[str], log: Path, user: str | None = None) -> subprocess.Popen[bytes]:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+            return subprocess.Popen(
                 argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                **kwargs,
+                user=user,
+                group=user,
             )
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -167,9 +168,10 @@ class PostgresServer(_Server):
     def _pgdata(self) -> Path:
         return self.data_dir / "pgdata"
 
-    def _as_user(self) -> dict[str, object]:
+    def _os_user(self) -> str | None:
+        """PostgreSQL refuses to run as root: as root, run it as an unprivileged user made for it."""
         if os.geteuid() != 0:
-            return {}
+            return None
         import pwd
 
         try:
@@ -180,7 +182,7 @@ class PostgresServer(_Server):
                 check=True,
                 capture_output=True,
             )
-        return {"user": PG_OS_USER, "group": pwd.getpwnam(PG_OS_USER).pw_gid}
+        return PG_OS_USER
 
     def _grant(self, path: Path) -> None:
         """As root, let the postgres user reach its binaries and own its data folder."""
@@ -200,7 +202,7 @@ class PostgresServer(_Server):
 
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        as_user = self._as_user()
+        user = self._os_user()
         self._grant(self.data_dir)
         if not (self._pgdata / "PG_VERSION").exists():
             subprocess.run(
@@ -218,7 +220,8 @@ class PostgresServer(_Server):
                 ],
                 check=True,
                 capture_output=True,
-                **as_user,  # type: ignore[call-overload]
+                user=user,
+                group=user,
             )
         socket_dir = self.data_dir / "sock"
         socket_dir.mkdir(exist_ok=True)
@@ -242,7 +245,7 @@ class PostgresServer(_Server):
             "-c",
             "fsync=on",
         ]
-        self.process = self._popen(argv, self.data_dir / "postgres.log", **as_user)
+        self.process = self._popen(argv, self.data_dir / "postgres.log", user)
         wait_for_port(self.port, timeout, self.process)
         self._ensure_database(timeout)
 

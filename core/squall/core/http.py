@@ -165,7 +165,7 @@ def start_ops_server(port: int, check: ReadyCheck, host: str = "0.0.0.0") -> tor
     """The small HTTP server of a processor or scheduler: /healthz, /readyz, /metrics."""
     app = tornado.web.Application(
         ops_routes(check),
-        default_handler_class=NotFoundHandler,  # type: ignore[arg-type]
+        default_handler_class=NotFoundHandler,
     )
     server = tornado.httpserver.HTTPServer(app)
     server.listen(port, host)

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
+import json
 import logging
 import os
 import re
@@ -110,7 +111,7 @@ class Processing:
     async def _call(self, numbers: list[int]) -> list[Any]:
         assert self.function is not None
         if inspect.iscoroutinefunction(self.function):
-            return await self.function(numbers)  # type: ignore[no-any-return]
+            return await self.function(numbers)
         if self.blocking:
             return await asyncio.to_thread(self.function, numbers)  # type: ignore[arg-type]
         return self.function(numbers)  # type: ignore[return-value]
@@ -168,9 +169,10 @@ async def run_command(argv: tuple[str, ...], name: str, numbers: list[int]) -> l
         tail = stderr.decode(errors="replace").strip()[-500:]
         raise ProcessingError(f"command exited with code {proc.returncode}: {tail}")
     try:
-        answer = orjson.loads(stdout)
+        # The standard library's parser: orjson would turn integers beyond 64 bits into floats.
+        answer = json.loads(stdout)
         results = answer["results"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         raise ProcessingError('command did not write {"results": [...]} as JSON on stdout') from None
     if not isinstance(results, list):
         raise ProcessingError("command's results is not a list")

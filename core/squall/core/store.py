@@ -181,7 +181,8 @@ async def get_request(engine: AsyncEngine, rid: str) -> dict[str, Any] | None:
         ]
     counts = {"pending": 0, "done": 0, "failed": 0}
     for item in items:
-        counts["pending" if item["state"] in ("pending", "running") else item["state"]] += 1
+        state = str(item["state"])
+        counts["pending" if state in ("pending", "running") else state] += 1
     return {
         "rid": present_rid(head.rid, head.rid_is_int),
         "task_id": str(head.task_id),
@@ -194,14 +195,14 @@ async def get_request(engine: AsyncEngine, rid: str) -> dict[str, Any] | None:
 
 async def task_id_of_rid(engine: AsyncEngine, rid: str) -> uuid.UUID | None:
     async with engine.connect() as conn:
-        return (  # type: ignore[no-any-return]
+        return (
             await conn.execute(text("SELECT task_id FROM requests WHERE rid = :rid"), {"rid": rid})
         ).scalar()
 
 
 async def rid_of_task(engine: AsyncEngine, task_id: uuid.UUID) -> str | None:
     async with engine.connect() as conn:
-        return (  # type: ignore[no-any-return]
+        return (
             await conn.execute(text("SELECT rid FROM requests WHERE task_id = :t"), {"t": task_id})
         ).scalar()
 
@@ -308,7 +309,7 @@ async def mark_processed(conn: AsyncConnection, request_task_ids: Iterable[uuid.
         ),
         {"ids": ids},
     )
-    return result.rowcount  # type: ignore[attr-defined,no-any-return]
+    return result.rowcount
 
 
 async def unrecorded_payloads(

@@ -204,9 +204,9 @@ def legacy_lookup(body: bytes, content_type: str | None, query: dict[str, list[b
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if body.strip():
         if media in ("application/x-www-form-urlencoded",):
-            for key, values in urllib.parse.parse_qs(body.decode(errors="replace")).items():
-                if key in ("task_id", "rid") and values:
-                    found[key] = values[-1]
+            for key, fields in urllib.parse.parse_qs(body.decode(errors="replace")).items():
+                if key in ("task_id", "rid") and fields:
+                    found[key] = fields[-1]
         elif media == "multipart/form-data":
             raise ApiError(
                 415,

@@ -159,9 +159,9 @@ class Processor:
         elapsed = time.perf_counter() - started
         metrics.TASKS.labels("request", "", "succeeded").inc(len(fresh))
         metrics.TASK_DURATION.labels("request", "").observe(elapsed)
-        for item in new_items:
-            if item.state != "pending":
-                metrics.ITEMS_PROCESSED.labels(item.job, "done" if item.state == "done" else "failed").inc()
+        for new in new_items:
+            if new.state != "pending":
+                metrics.ITEMS_PROCESSED.labels(new.job, new.state).inc()
         log.debug(
             "recorded %d request(s), %d item(s)", len(fresh), len(new_items), extra={"count": len(fresh)}
         )

@@ -1,0 +1,195 @@
+"""Helpers of the integration tests: settings for tests, waiting, and a system run in the test's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+import nats
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from squall.core import broker, events, store
+from squall.core.db import create_engine
+from squall.core.embedded import free_port
+from squall.core.processings import Registry, load_registry
+from squall.core.settings import Settings, load_settings
+from squall.gateway.app import GatewayApp, make_server
+from squall.processor.worker import Processor
+from squall.scheduler.ticker import Ticker
+
+T = TypeVar("T")
+
+
+def plain_dsn(url: str) -> str:
+    """The asyncpg DSN of a SQLAlchemy URL."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def make_settings(nats_url: str, database_url: str, **overrides: Any) -> Settings:
+    """Settings tuned for tests: short leases and redelivery so crash recovery happens in seconds."""
+    base: dict[str, Any] = {
+        "nats_url": nats_url,
+        "database_url": database_url,
+        "log_format": "text",
+        "database_pool_size": 5,
+        "processor": {
+            "ack_wait_seconds": 3.0,
+            "lease_seconds": 3.0,
+            "shutdown_grace_seconds": 5.0,
+            "http_port": 0,
+        },
+        "scheduler": {"default_interval_seconds": 0.2, "http_port": 0},
+        "gateway": {"port": 0, "host": "127.0.0.1"},
+        "nats": {"connect_retry_seconds": 5.0},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return load_settings(**base)
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[T]], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll ``check`` until it answers something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last answer: {last!r}")
+
+
+@dataclass
+class RunningProcessor:
+    processor: Processor
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@dataclass
+class System:
+    """A gateway and processors running in this test's event loop against real servers."""
+
+    settings: Settings
+    registry: Registry
+    engine: AsyncEngine
+    base_url: str
+    client: httpx.AsyncClient
+    stack: AsyncExitStack
+    processors: list[RunningProcessor] = field(default_factory=list)
+
+    async def start_processor(self, name: str | None = None) -> Processor:
+        name = name or f"processor-{len(self.processors)}"
+        nc = await broker.connect(self.settings, name)
+        processor = Processor(self.settings, self.registry, self.engine, nc, name)
+        stop = asyncio.Event()
+        self.processors.append(RunningProcessor(processor, stop, asyncio.create_task(processor.run(stop))))
+        return processor
+
+    async def stop_processors(self) -> None:
+        """Graceful stop (as on SIGTERM), then close their connections."""
+        for running in self.processors:
+            running.stop.set()
+        await asyncio.gather(*(running.task for running in self.processors))
+        for running in self.processors:
+            await running.processor.nc.close()
+        self.processors.clear()
+
+    async def start_ticker(self) -> None:
+        """The interval scheduler, emitting poll tasks for every batch processing."""
+        nc = await broker.connect(self.settings, "test-scheduler")
+        self.stack.push_async_callback(nc.close)
+        stop = asyncio.Event()
+        task = asyncio.create_task(Ticker(self.settings, self.registry, self.engine, nc).run(stop))
+
+        async def halt() -> None:
+            stop.set()
+            await task
+
+        self.stack.push_async_callback(halt)
+
+    async def publish_poll(self, processing: str, batch_size: int, tick_key: str | None = None) -> uuid.UUID:
+        """Publish one poll task the way the scheduler does (recorded first, then published)."""
+        key = tick_key or uuid.uuid4().hex
+        task = events.PollTask(
+            task_id=events.poll_task_id(processing, key),
+            processing=processing,
+            batch_size=batch_size,
+            tick_key=key,
+        )
+        await store.record_poll_task(self.engine, task.task_id, processing, batch_size)
+        nc = await nats.connect(self.settings.nats_url)
+        try:
+            await nc.jetstream().publish(
+                events.poll_subject(processing),
+                task.model_dump_json().encode(),
+                headers={"Nats-Msg-Id": task.msg_id},
+            )
+        finally:
+            await nc.close()
+        return task.task_id
+
+    async def submit(self, body: dict[str, Any], expect: int = 202) -> dict[str, Any]:
+        response = await self.client.post("/v1/requests", json=body)
+        assert response.status_code == expect, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    async def request_state(self, rid: str | int) -> dict[str, Any]:
+        response = await self.client.get(f"/v1/requests/{rid}")
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    async def wait_processed(self, rid: str | int, timeout: float = 20.0) -> dict[str, Any]:
+        async def processed() -> dict[str, Any] | None:
+            state = await self.request_state(rid)
+            return state if state["processed"] else None
+
+        return await wait_for(processed, timeout, what=f"request {rid} processed")
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        conn = await asyncpg.connect(plain_dsn(self.settings.database_url))
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(plain_dsn(self.settings.database_url))
+        try:
+            return await conn.fetch(sql, *args)  # type: ignore[no-any-return]
+        finally:
+            await conn.close()
+
+
+async def start_system(settings: Settings, stack: AsyncExitStack, processors: int = 1) -> System:
+    registry = load_registry(settings)
+    engine = create_engine(settings)
+    stack.push_async_callback(engine.dispose)
+    nc = await broker.connect(settings, "test-gateway")
+    stack.push_async_callback(nc.close)
+    await broker.ensure_streams(nc.jetstream(), settings)
+    app = GatewayApp(settings, registry, engine, nc)
+    server = make_server(app)
+    port = free_port()
+    server.listen(port, "127.0.0.1")
+    stack.callback(server.stop)
+    base_url = f"http://127.0.0.1:{port}"
+    client = httpx.AsyncClient(base_url=base_url, timeout=30.0)
+    stack.push_async_callback(client.aclose)
+    system = System(settings, registry, engine, base_url, client, stack)
+    stack.push_async_callback(system.stop_processors)
+    for index in range(processors):
+        await system.start_processor(f"processor-{index}")
+    return system

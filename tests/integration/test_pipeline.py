@@ -1,0 +1,134 @@
+"""Submit → JetStream → processor → PostgreSQL, in batch and immediate mode, for every built-in processing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from squall.core.settings import Settings
+from tests.integration.harness import System, make_settings, wait_for
+
+EXPECTED = {"sum": lambda n: n + 2, "mul": lambda n: n * 2, "square": lambda n: n * n}
+NUMBERS = [4, 9, -3, 0, 2**40]
+
+
+def _items() -> list[dict[str, object]]:
+    return [{"number": n, "job": job} for job in EXPECTED for n in NUMBERS]
+
+
+def _check_results(state: dict[str, object]) -> None:
+    items = state["items"]
+    assert isinstance(items, list)
+    assert [(i["number"], i["job"]) for i in items] == [(i["number"], i["job"]) for i in _items()]
+    for item in items:
+        assert item["state"] == "done", item
+        assert item["result"] == EXPECTED[item["job"]](item["number"]), item
+    assert state["counts"] == {"pending": 0, "done": len(items), "failed": 0}
+
+
+async def test_batch_mode_processes_through_poll_tasks(system: System) -> None:
+    accepted = await system.submit({"rid": "batch-1", "items": _items()})
+    state = await system.request_state("batch-1")
+    assert state["processed"] is False
+    await system.start_ticker()
+    _check_results(await system.wait_processed("batch-1"))
+    task = (await system.client.get(f"/v1/tasks/{accepted['task_id']}")).json()
+    assert task["state"] == "succeeded" and task["kind"] == "request" and task["rid"] == "batch-1"
+    # Poll tasks are tasks too, with their own state.
+    polls = await system.fetch("SELECT id, state, items_processed FROM tasks WHERE kind = 'poll'")
+    assert polls and sum(p["items_processed"] for p in polls) == len(_items())
+    poll = (await system.client.get(f"/v1/tasks/{polls[0]['id']}")).json()
+    assert poll["kind"] == "poll" and poll["state"] == "succeeded" and poll["rid"] is None
+
+
+async def test_batch_items_wait_as_pending_until_polled(system: System) -> None:
+    await system.submit({"rid": 7, "items": [{"number": 1, "job": "sum"}]})
+
+    async def recorded() -> bool:
+        return bool((await system.request_state(7))["recorded"])
+
+    await wait_for(recorded, what="recorded")
+    state = await system.request_state(7)
+    assert state["items"][0]["state"] == "pending" and state["processed"] is False
+    await system.publish_poll("sum", batch_size=10)
+    state = await system.wait_processed(7)
+    assert state["items"][0]["result"] == 3
+    assert state["rid"] == 7  # an integer rid comes back as an integer
+
+
+async def test_immediate_mode_needs_no_poll_task(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    modes = {name: {"mode": "immediate"} for name in EXPECTED}
+    system = await system_factory(make_settings(nats_url, database_url, processings=modes))
+    await system.submit({"rid": "now-1", "items": _items()})
+    _check_results(await system.wait_processed("now-1"))
+    assert await system.fetchval("SELECT count(*) FROM tasks WHERE kind = 'poll'") == 0
+    assert await system.fetchval("SELECT min(attempts) FROM items") == 1
+
+
+async def test_resubmission_is_idempotent_and_conflict_is_409(system: System) -> None:
+    body = {"rid": "same", "items": [{"number": 1, "job": "mul"}, {"number": 2, "job": "sum"}]}
+    first = await system.submit(body, expect=202)
+    assert first["created"] is True
+    again = await system.submit(body, expect=200)
+    assert again["task_id"] == first["task_id"] and again["created"] is False
+    other = await system.client.post("/v1/requests", json={**body, "items": [{"number": 1, "job": "sum"}]})
+    assert other.status_code == 409
+    assert other.json()["error"] == {
+        "code": "rid_conflict",
+        "message": "this rid was submitted before with other items",
+        "field": "rid",
+    }
+    await system.start_ticker()
+    await system.wait_processed("same")
+    # After processing, the identical submission still answers the same task; items recorded once.
+    later = await system.submit(body, expect=200)
+    assert later["task_id"] == first["task_id"]
+    assert await system.fetchval("SELECT count(*) FROM items") == 2
+    # An integer rid and the same digits as a string are one request.
+    await system.submit({"rid": 42, "items": [{"number": 1, "job": "sum"}]}, expect=202)
+    await system.submit({"rid": "42", "items": [{"number": 1, "job": "sum"}]}, expect=200)
+
+
+async def test_just_submitted_task_resolves_before_any_processor(
+    settings: Settings, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    system = await system_factory(settings, processors=0)
+    accepted = await system.submit({"items": [{"number": 5, "job": "sum"}]})
+    rid = accepted["rid"]
+    assert isinstance(rid, str) and uuid.UUID(rid)  # assigned by the gateway
+    task = await system.client.get(f"/v1/tasks/{accepted['task_id']}")
+    assert task.status_code == 200
+    body = task.json()
+    assert body["state"] == "queued" and body["kind"] == "request" and body["rid"] == rid
+    assert set(body) >= {"task_id", "kind", "state", "attempts", "created_at", "updated_at", "error", "rid"}
+    state = await system.request_state(rid)
+    assert state["recorded"] is False and state["items"][0]["state"] == "pending"
+    # A processor started later picks the request up from the durable stream.
+    await system.start_processor()
+
+    async def recorded() -> bool:
+        return bool((await system.request_state(rid))["recorded"])
+
+    await wait_for(recorded, what="recorded by a late processor")
+    assert (await system.client.get(f"/v1/tasks/{accepted['task_id']}")).json()["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("path", ["/v1/tasks/not-a-uuid", f"/v1/tasks/{uuid.uuid4()}", "/v1/requests/nope"])
+async def test_unknown_ids_are_404(system: System, path: str) -> None:
+    response = await system.client.get(path)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+async def test_health_readiness_and_metrics(system: System) -> None:
+    assert (await system.client.get("/healthz")).json() == {"status": "ok"}
+    assert (await system.client.get("/readyz")).json() == {"status": "ready"}
+    await system.submit({"rid": "m", "items": [{"number": 1, "job": "sum"}]})
+    metrics = (await system.client.get("/metrics")).text
+    assert 'squall_http_requests_total{code="202",method="POST",route="/v1/requests"}' in metrics
+    assert 'squall_events_published_total{outcome="ok",subject="squall.requests.submitted"}' in metrics
+    assert "squall_build_info{" in metrics
