@@ -40,7 +40,7 @@ from squall.core.settings import Settings
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "squall.processings"
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,62}")
 Mode = Literal["batch", "immediate"]
 BatchFunction = Callable[[list[int]], "list[Any] | Awaitable[list[Any]]"]
 
@@ -79,7 +79,7 @@ class Processing:
     dependencies: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if not NAME_PATTERN.match(self.name):
+        if not NAME_PATTERN.fullmatch(self.name):
             raise ValueError(f"processing name {self.name!r} must match {NAME_PATTERN.pattern}")
         if (self.function is None) == (self.command is None):
             raise ValueError(f"processing {self.name!r} needs exactly one of function or command")

@@ -5,10 +5,12 @@ Built in the entry point and passed down; nothing reads the environment at impor
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/squall"
@@ -90,9 +92,10 @@ class Settings(BaseSettings):
     instance_id: str = Field(
         "", description="Name of this process in logs and task claims (default: host-pid)."
     )
-    processing_modules: list[str] = Field(
+    processing_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Python modules (or module:attribute) whose Processing objects are registered.",
+        description="Python modules (or module:attribute) whose Processing objects are registered: "
+        "comma separated, or a JSON list.",
     )
     processings: dict[str, ProcessingOverride] = Field(default_factory=dict)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)  # type: ignore[arg-type]
@@ -117,6 +120,16 @@ class Settings(BaseSettings):
                 raise ValueError("each server must start with nats://, tls://, ws:// or wss://")
         return value
 
+    @field_validator("processing_modules", mode="before")
+    @classmethod
+    def _module_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
     @field_validator("processings", mode="before")
     @classmethod
     def _lower_names(cls, value: object) -> object:
@@ -138,8 +151,13 @@ def load_settings(**overrides: object) -> Settings:
         lines = ["invalid settings:"]
         for err in exc.errors():
             variable = "SQUALL_" + "__".join(str(part) for part in err["loc"]).upper()
-            lines.append(f"  {variable}: {err['msg']} (got {err.get('input')!r})")
+            given = err.get("input")
+            # Never echo a secret: URLs lose their password, and nothing long is repeated.
+            shown = redact_url(given)[:200] if isinstance(given, str) else repr(given)[:200]
+            lines.append(f"  {variable}: {err['msg']} (got {shown!r})")
         raise SettingsError("\n".join(lines)) from None
+    except PydanticSettingsError as exc:  # a value the environment source could not even parse
+        raise SettingsError(f"invalid settings: {redact_url(str(exc))[:300]}") from None
 
 
 def redact_url(url: str) -> str:

@@ -254,7 +254,9 @@ def make_server(app: GatewayApp) -> tornado.httpserver.HTTPServer:
     return tornado.httpserver.HTTPServer(
         app,
         xheaders=True,
-        max_body_size=gw.max_body_bytes + 1,
+        # Bodies up to twice the limit are read so the handler can answer a JSON 413; beyond that Tornado
+        # itself refuses the request (400) and closes the connection without buffering it.
+        max_body_size=2 * gw.max_body_bytes + 65536,
         idle_connection_timeout=60,
         body_timeout=30,
     )

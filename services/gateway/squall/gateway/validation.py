@@ -16,7 +16,7 @@ from squall.core.http import ApiError
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-RID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+RID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
 MAX_JSON_DEPTH = 32
 
 
@@ -72,6 +72,9 @@ def _object(value: Any, field: str) -> dict[str, Any]:
 
 
 def _int64(value: Any, field: str) -> int:
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2.0**63:
+        # orjson reads integer literals beyond 64 bits as (rounded) floats: an integer that does not fit.
+        raise ApiError(422, "out_of_range", f"{field} must fit in a signed 64-bit integer", field)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(422, "invalid_type", f"{field} must be an integer", field)
     if not INT64_MIN <= value <= INT64_MAX:
@@ -98,12 +101,12 @@ def parse_rid(value: Any, max_length: int, field: str = "rid") -> tuple[str, boo
         return str(uuid.uuid4()), False
     if isinstance(value, bool):
         raise ApiError(422, "invalid_type", "rid must be an integer or a string", field)
-    if isinstance(value, int):
+    if isinstance(value, int | float):
         return str(_int64(value, field)), True
     if isinstance(value, str):
         if not value or len(value) > max_length:
             raise ApiError(422, "invalid_rid", f"rid must be 1 to {max_length} characters long", field)
-        if not RID_PATTERN.match(value):
+        if not RID_PATTERN.fullmatch(value):
             raise ApiError(
                 422,
                 "invalid_rid",

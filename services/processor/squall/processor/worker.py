@@ -101,8 +101,8 @@ class Processor:
         while not self.stopping.is_set():
             try:
                 msgs = await sub.fetch(batch, timeout=1.0)
-            except NatsTimeout:
-                continue
+            except (NatsTimeout, TimeoutError):
+                continue  # nothing to fetch
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection trouble: back off, the client reconnects

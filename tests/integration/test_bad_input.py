@@ -1,0 +1,140 @@
+"""Bad input gets a clear 4xx with {"error": {"code", "message", "field"}}: never a 500, never HTML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from squall.core.embedded import NatsServer
+from tests.integration.harness import System
+
+
+def _error(response: Any) -> dict[str, Any]:
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "field"}, body
+    return body["error"]  # type: ignore[no-any-return]
+
+
+ITEM = {"number": 1, "job": "sum"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"),
+    [
+        ({"items": [{"number": 1, "job": "nope"}]}, 422, "unknown_job", "items[0].job"),
+        ({"items": [{"number": 2**63, "job": "sum"}]}, 422, "out_of_range", "items[0].number"),
+        ({"items": [{"number": -(2**63) - 1, "job": "sum"}]}, 422, "out_of_range", "items[0].number"),
+        ({"items": [{"number": 1.5, "job": "sum"}]}, 422, "invalid_type", "items[0].number"),
+        ({"items": [{"number": True, "job": "sum"}]}, 422, "invalid_type", "items[0].number"),
+        ({"items": [{"number": "1", "job": "sum"}]}, 422, "invalid_type", "items[0].number"),
+        ({"items": [{"job": "sum"}]}, 422, "missing_field", "items[0].number"),
+        ({"items": [{"number": 1, "job": "sum", "extra": 1}]}, 422, "unknown_field", "items[0].extra"),
+        ({"items": [ITEM], "priority": 1}, 422, "unknown_field", "priority"),
+        ({"items": []}, 422, "empty", "items"),
+        ({"items": "many"}, 422, "invalid_type", "items"),
+        ({"rid": 1}, 422, "missing_field", "items"),
+        ({"rid": True, "items": [ITEM]}, 422, "invalid_type", "rid"),
+        ({"rid": "", "items": [ITEM]}, 422, "invalid_rid", "rid"),
+        ({"rid": "a" * 129, "items": [ITEM]}, 422, "invalid_rid", "rid"),
+        ({"rid": "../etc/passwd", "items": [ITEM]}, 422, "invalid_rid", "rid"),
+        ({"rid": 2**70, "items": [ITEM]}, 422, "out_of_range", "rid"),
+        ([ITEM], 422, "invalid_type", "body"),
+        ({"items": [ITEM] * 10_001}, 413, "too_many_items", "items"),
+    ],
+)
+async def test_invalid_submissions(system: System, body: Any, status: int, code: str, field: str) -> None:
+    response = await system.client.post("/v1/requests", json=body)
+    assert response.status_code == status, response.text
+    error = _error(response)
+    assert (error["code"], error["field"]) == (code, field)
+
+
+async def test_unknown_job_names_the_known_ones(system: System) -> None:
+    error = _error(await system.client.post("/v1/requests", json={"items": [{"number": 1, "job": "nope"}]}))
+    assert "mul" in error["message"] and "sum" in error["message"] and "square" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b"", 400, "invalid_json"),
+        (b"[" * 40 + b"]" * 40, 400, "too_deep"),
+    ],
+)
+async def test_malformed_bodies(system: System, content: bytes, status: int, code: str) -> None:
+    response = await system.client.post(
+        "/v1/requests", content=content, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == status
+    assert _error(response)["code"] == code
+
+
+async def test_body_over_the_byte_limit_is_413(system: System) -> None:
+    limit = system.settings.gateway.max_body_bytes
+    content = b'{"items": [' + b" " * limit + b"]}"
+    response = await system.client.post(
+        "/v1/requests", content=content, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert _error(response)["code"] == "body_too_large"
+
+
+async def test_wrong_content_type_is_415(system: System) -> None:
+    response = await system.client.post(
+        "/v1/requests", content=b'{"items": []}', headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 415
+    assert _error(response)["field"] == "Content-Type"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/nope", 404),
+        ("GET", "/v1", 404),
+        ("POST", "/v1/tasks/x", 405),
+        ("DELETE", "/v1/requests", 405),
+        ("PUT", "/number_request", 405),
+        ("GET", "/v1/requests", 405),
+    ],
+)
+async def test_unknown_routes_and_methods_answer_json(
+    system: System, method: str, path: str, status: int
+) -> None:
+    response = await system.client.request(method, path)
+    assert response.status_code == status
+    assert _error(response)["code"] == {404: "not_found", 405: "method_not_allowed"}[status]
+
+
+async def test_nothing_was_stored_by_refused_requests(system: System) -> None:
+    await system.client.post("/v1/requests", json={"rid": "bad", "items": [{"number": 1, "job": "nope"}]})
+    assert await system.fetchval("SELECT count(*) FROM requests") == 0
+    assert await system.fetchval("SELECT count(*) FROM tasks") == 0
+
+
+async def test_nats_unreachable_answers_503_with_retry_after(
+    system: System, nats_server: NatsServer | None
+) -> None:
+    if nats_server is None:
+        pytest.fail("this test stops its own NATS server; run it without --nats-url")
+    nats_server.stop()
+    response = await system.client.post("/v1/requests", json={"rid": "later", "items": [ITEM]})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert _error(response)["code"] == "unavailable"
+    ready = await system.client.get("/readyz")
+    assert ready.status_code == 503 and "nats: not connected" in ready.json()["problems"]
+    # Nothing half-written: the refused request left no trace, and the same rid works once NATS is back.
+    assert await system.fetchval("SELECT count(*) FROM requests") == 0
+    nats_server.start()
+
+    async def accepted() -> bool:
+        retry = await system.client.post("/v1/requests", json={"rid": "later", "items": [ITEM]})
+        return retry.status_code == 202
+
+    from tests.integration.harness import wait_for
+
+    await wait_for(accepted, what="accepted after NATS came back")

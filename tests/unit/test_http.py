@@ -1,0 +1,38 @@
+"""JSON encoding of answers and the ApiError shape."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from squall.core.http import ApiError, json_bytes
+
+
+def test_json_bytes_plain_values() -> None:
+    assert json_bytes({"a": [1, "x", None, True]}) == b'{"a":[1,"x",null,true]}'
+
+
+def test_json_bytes_non_string_keys() -> None:
+    assert json_bytes({1: "one"}) == b'{"1":"one"}'
+
+
+def test_json_bytes_integers_beyond_64_bits() -> None:
+    value = {"results": [2**64, -(2**70), 2**63 - 1, 3]}
+    assert json.loads(json_bytes(value)) == value
+    assert json_bytes({"n": 2**100}) == b'{"n":1267650600228229401496703205376}'
+
+
+def test_json_bytes_big_integers_with_other_types() -> None:
+    task_id = uuid.uuid4()
+    assert json.loads(json_bytes({"task_id": task_id, "n": 2**80, 7: "k"})) == {
+        "task_id": str(task_id),
+        "n": 2**80,
+        "7": "k",
+    }
+
+
+def test_api_error() -> None:
+    err = ApiError(503, "unavailable", "retry later", None, {"Retry-After": "2"})
+    assert (err.status, err.code, err.field, err.headers) == (503, "unavailable", None, {"Retry-After": "2"})
+    assert err.body() == {"error": {"code": "unavailable", "message": "retry later", "field": None}}
+    assert json.loads(json_bytes(err.body())) == err.body()

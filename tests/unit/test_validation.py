@@ -1,0 +1,466 @@
+"""The gateway's input validation: every failure is an ApiError with an exact status, code and field."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from squall.core.events import Item
+from squall.core.http import ApiError
+from squall.gateway.validation import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_JSON_DEPTH,
+    check_json_content_type,
+    legacy_lookup,
+    parse_json,
+    parse_legacy_submission,
+    parse_rid,
+    parse_submission,
+    parse_task_id,
+)
+
+KNOWN = ("sum", "mul", "square")
+MAX_ITEMS = 5
+MAX_RID = 16
+
+
+def submit(doc: Any) -> Any:
+    return parse_submission(doc, KNOWN, MAX_ITEMS, MAX_RID)
+
+
+def legacy(doc: Any) -> Any:
+    return parse_legacy_submission(doc, KNOWN, MAX_ITEMS, MAX_RID)
+
+
+def error_of(call: Any, *args: Any) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        call(*args)
+    return info.value
+
+
+def body(**fields: Any) -> dict[str, Any]:
+    return {"items": [{"number": 1, "job": "sum"}], **fields}
+
+
+# --- parse_submission: the happy path -----------------------------------------------------------------
+
+
+def test_valid_submission() -> None:
+    sub = submit({"rid": "order-1", "items": [{"number": 3, "job": "sum"}, {"number": -7, "job": "mul"}]})
+    assert sub.rid == "order-1"
+    assert sub.rid_is_int is False
+    assert sub.items == [Item(number=3, job="sum"), Item(number=-7, job="mul")]
+
+
+def test_integer_rid_is_kept_as_decimal_text() -> None:
+    sub = submit(body(rid=42))
+    assert (sub.rid, sub.rid_is_int) == ("42", True)
+
+
+@pytest.mark.parametrize("rid", [INT64_MIN, -1, 0, INT64_MAX])
+def test_integer_rid_bounds_accepted(rid: int) -> None:
+    sub = submit(body(rid=rid))
+    assert (sub.rid, sub.rid_is_int) == (str(rid), True)
+
+
+@pytest.mark.parametrize("rid", ["a", "A1", "9", "x.y_z:w@v-u", "a" * MAX_RID])
+def test_string_rid_accepted(rid: str) -> None:
+    sub = submit(body(rid=rid))
+    assert (sub.rid, sub.rid_is_int) == (rid, False)
+
+
+@pytest.mark.parametrize("doc", [body(), body(rid=None)])
+def test_absent_rid_is_assigned_a_uuid(doc: dict[str, Any]) -> None:
+    first, second = submit(doc), submit(doc)
+    assert first.rid_is_int is False
+    assert str(uuid.UUID(first.rid)) == first.rid
+    assert first.rid != second.rid
+
+
+def test_limits_are_inclusive() -> None:
+    sub = submit({"items": [{"number": i, "job": "square"} for i in range(MAX_ITEMS)]})
+    assert [item.number for item in sub.items] == list(range(MAX_ITEMS))
+
+
+@pytest.mark.parametrize("number", [INT64_MIN, INT64_MAX, 0])
+def test_int64_bounds_of_number_accepted(number: int) -> None:
+    assert submit({"items": [{"number": number, "job": "sum"}]}).items[0].number == number
+
+
+# --- parse_submission: rid errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rid", "status", "code"),
+    [
+        (True, 422, "invalid_type"),
+        (False, 422, "invalid_type"),
+        (1.5, 422, "invalid_type"),
+        ([1], 422, "invalid_type"),
+        ({"a": 1}, 422, "invalid_type"),
+        ("", 422, "invalid_rid"),
+        ("a" * (MAX_RID + 1), 422, "invalid_rid"),
+        ("has space", 422, "invalid_rid"),
+        ("-leading-dash", 422, "invalid_rid"),
+        (".leading-dot", 422, "invalid_rid"),
+        ("slash/inside", 422, "invalid_rid"),
+        ("tab\tinside", 422, "invalid_rid"),
+        ("ünïcode", 422, "invalid_rid"),
+        (INT64_MAX + 1, 422, "out_of_range"),
+        (INT64_MIN - 1, 422, "out_of_range"),
+    ],
+)
+def test_bad_rid(rid: Any, status: int, code: str) -> None:
+    err = error_of(submit, body(rid=rid))
+    assert (err.status, err.code, err.field) == (status, code, "rid")
+
+
+def test_rid_with_trailing_newline_is_rejected() -> None:
+    # RID_PATTERN ends in ``$``, which also matches just before a final newline; a rid must not end in one.
+    err = error_of(submit, body(rid="abc\n"))
+    assert (err.status, err.code, err.field) == (422, "invalid_rid", "rid")
+
+
+def test_parse_rid_directly() -> None:
+    assert parse_rid(7, MAX_RID) == ("7", True)
+    assert parse_rid("r-1", MAX_RID) == ("r-1", False)
+    err = error_of(parse_rid, True, MAX_RID, "numbers.rid")
+    assert (err.status, err.code, err.field) == (422, "invalid_type", "numbers.rid")
+
+
+# --- parse_submission: body and items errors --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("doc", [[], "text", 3, None, True])
+def test_body_must_be_an_object(doc: Any) -> None:
+    err = error_of(submit, doc)
+    assert (err.status, err.code, err.field) == (422, "invalid_type", "body")
+
+
+def test_items_missing() -> None:
+    err = error_of(submit, {"rid": 1})
+    assert (err.status, err.code, err.field) == (422, "missing_field", "items")
+
+
+@pytest.mark.parametrize("items", [{"number": 1, "job": "sum"}, "sum", 1, None])
+def test_items_not_a_list(items: Any) -> None:
+    err = error_of(submit, {"items": items})
+    assert (err.status, err.code, err.field) == (422, "invalid_type", "items")
+
+
+def test_items_empty() -> None:
+    err = error_of(submit, {"items": []})
+    assert (err.status, err.code, err.field) == (422, "empty", "items")
+
+
+def test_too_many_items() -> None:
+    err = error_of(submit, {"items": [{"number": 1, "job": "sum"}] * (MAX_ITEMS + 1)})
+    assert (err.status, err.code, err.field) == (413, "too_many_items", "items")
+    assert str(MAX_ITEMS) in err.message
+
+
+@pytest.mark.parametrize("item", [1, "x", [1, "sum"], None])
+def test_item_not_an_object(item: Any) -> None:
+    err = error_of(submit, {"items": [{"number": 1, "job": "sum"}, item]})
+    assert (err.status, err.code, err.field) == (422, "invalid_type", "items[1]")
+
+
+def test_unknown_field_in_body() -> None:
+    err = error_of(submit, body(color="red"))
+    assert (err.status, err.code, err.field) == (422, "unknown_field", "color")
+    assert "'color'" in err.message
+
+
+def test_unknown_field_named_is_the_first_in_order() -> None:
+    err = error_of(submit, body(zeta=1, alpha=2))
+    assert err.field == "alpha"
+
+
+def test_unknown_field_is_checked_before_missing_items() -> None:
+    err = error_of(submit, {"numbers": [1]})
+    assert (err.status, err.code, err.field) == (422, "unknown_field", "numbers")
+
+
+def test_unknown_field_name_is_truncated() -> None:
+    err = error_of(submit, body(**{"x" * 500: 1}))
+    assert err.field == "x" * 64
+    assert len(err.message) < 200
+
+
+def test_unknown_field_in_item() -> None:
+    err = error_of(submit, {"items": [{"number": 1, "job": "sum", "color": "red"}]})
+    assert (err.status, err.code, err.field) == (422, "unknown_field", "items[0].color")
+
+
+@pytest.mark.parametrize("missing", ["number", "job"])
+def test_missing_number_or_job(missing: str) -> None:
+    item = {"number": 1, "job": "sum"}
+    del item[missing]
+    err = error_of(submit, {"items": [{"number": 2, "job": "mul"}, item]})
+    assert (err.status, err.code, err.field) == (422, "missing_field", f"items[1].{missing}")
+
+
+@pytest.mark.parametrize("number", [True, False, 1.0, 1.5, "1", None, [1], {"n": 1}])
+def test_number_of_wrong_type(number: Any) -> None:
+    err = error_of(submit, {"items": [{"number": 1, "job": "sum"}, {"number": number, "job": "sum"}]})
+    assert (err.status, err.code, err.field) == (422, "invalid_type", "items[1].number")
+
+
+@pytest.mark.parametrize("number", [INT64_MAX + 1, INT64_MIN - 1, 2**64, -(2**100)])
+def test_number_out_of_int64_range(number: int) -> None:
+    err = error_of(submit, {"items": [{"number": 1, "job": "sum"}, {"number": number, "job": "sum"}]})
+    assert (err.status, err.code, err.field) == (422, "out_of_range", "items[1].number")
+
+
+@pytest.mark.parametrize("literal", [str(INT64_MAX + 1), str(2**64 - 1)])
+def test_number_out_of_range_from_the_wire(literal: str) -> None:
+    doc = parse_json(f'{{"items": [{{"number": {literal}, "job": "sum"}}]}}'.encode())
+    err = error_of(submit, doc)
+    assert (err.status, err.code, err.field) == (422, "out_of_range", "items[0].number")
+
+
+@pytest.mark.parametrize("literal", [str(2**64), str(INT64_MIN - 1), str(10**30)])
+def test_number_beyond_64_bits_from_the_wire_is_out_of_range(literal: str) -> None:
+    # orjson turns integers it cannot hold as int64/uint64 into floats; the client sent an integer anyway,
+    # so the answer should be out_of_range ("must fit in a signed 64-bit integer"), not "must be an integer".
+    doc = parse_json(f'{{"items": [{{"number": {literal}, "job": "sum"}}]}}'.encode())
+    err = error_of(submit, doc)
+    assert (err.status, err.code, err.field) == (422, "out_of_range", "items[0].number")
+
+
+def test_unknown_job() -> None:
+    err = error_of(submit, {"items": [{"number": 1, "job": "sum"}, {"number": 1, "job": "divide"}]})
+    assert (err.status, err.code, err.field) == (422, "unknown_job", "items[1].job")
+    assert "'divide'" in err.message
+    assert "known: mul, square, sum" in err.message
+
+
+def test_unknown_job_name_is_truncated_in_message() -> None:
+    err = error_of(submit, {"items": [{"number": 1, "job": "j" * 1000}]})
+    assert err.code == "unknown_job"
+    assert "j" * 65 not in err.message
+
+
+@pytest.mark.parametrize("job", [1, None, ["sum"], True])
+def test_job_of_wrong_type(job: Any) -> None:
+    err = error_of(submit, {"items": [{"number": 1, "job": job}]})
+    assert (err.status, err.code, err.field) == (422, "invalid_type", "items[0].job")
+
+
+def test_api_error_body() -> None:
+    err = error_of(submit, {"items": []})
+    assert err.body() == {"error": {"code": "empty", "message": err.message, "field": "items"}}
+    assert err.headers == {}
+    assert str(err) == err.message
+
+
+# --- parse_legacy_submission ------------------------------------------------------------------------------
+
+
+def test_legacy_pairs_numbers_with_jobs() -> None:
+    sub = legacy({"rid": 12, "numbers": [1, 2, 3], "jobtodo": ["sum", "mul", "square"]})
+    assert (sub.rid, sub.rid_is_int) == ("12", True)
+    assert sub.items == [Item(number=1, job="sum"), Item(number=2, job="mul"), Item(number=3, job="square")]
+
+
+def test_legacy_single_job_applies_to_every_number() -> None:
+    sub = legacy({"rid": "r", "numbers": [4, 5, 6], "jobtodo": ["mul"]})
+    assert sub.items == [Item(number=4, job="mul"), Item(number=5, job="mul"), Item(number=6, job="mul")]
+
+
+def test_legacy_without_rid_gets_a_uuid() -> None:
+    sub = legacy({"numbers": [1], "jobtodo": ["sum"]})
+    assert uuid.UUID(sub.rid) and sub.rid_is_int is False
+
+
+@pytest.mark.parametrize(("numbers", "jobs"), [([1, 2, 3], ["sum", "mul"]), ([1], ["sum", "mul"])])
+def test_legacy_length_mismatch(numbers: list[int], jobs: list[str]) -> None:
+    err = error_of(legacy, {"numbers": numbers, "jobtodo": jobs})
+    assert (err.status, err.code, err.field) == (422, "length_mismatch", "jobtodo")
+
+
+@pytest.mark.parametrize("missing", ["numbers", "jobtodo"])
+def test_legacy_missing_field(missing: str) -> None:
+    doc: dict[str, Any] = {"numbers": [1], "jobtodo": ["sum"]}
+    del doc[missing]
+    err = error_of(legacy, doc)
+    assert (err.status, err.code, err.field) == (422, "missing_field", missing)
+
+
+@pytest.mark.parametrize(
+    ("doc", "status", "code", "field"),
+    [
+        ({"numbers": [1, "2"], "jobtodo": ["sum"]}, 422, "invalid_type", "numbers[1]"),
+        ({"numbers": [1, 2**63], "jobtodo": ["sum"]}, 422, "out_of_range", "numbers[1]"),
+        ({"numbers": [1], "jobtodo": ["nope"]}, 422, "unknown_job", "jobtodo[0]"),
+        ({"numbers": [], "jobtodo": ["sum"]}, 422, "empty", "numbers"),
+        ({"numbers": [1], "jobtodo": "sum"}, 422, "invalid_type", "jobtodo"),
+        ({"numbers": list(range(MAX_ITEMS + 1)), "jobtodo": ["sum"]}, 413, "too_many_items", "numbers"),
+        ({"numbers": [1], "jobtodo": ["sum"], "rid": True}, 422, "invalid_type", "rid"),
+        ([1], 422, "invalid_type", "body"),
+    ],
+)
+def test_legacy_errors(doc: Any, status: int, code: str, field: str) -> None:
+    err = error_of(legacy, doc)
+    assert (err.status, err.code, err.field) == (status, code, field)
+
+
+# --- parse_json ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [b"", b"   ", b"\n\t"])
+def test_parse_json_empty_body(raw: bytes) -> None:
+    err = error_of(parse_json, raw)
+    assert (err.status, err.code, err.field) == (400, "invalid_json", "body")
+
+
+@pytest.mark.parametrize("raw", [b"{", b"{'a': 1}", b"[1,]", b"NaN", b"\xff\xfe", b'{"a": 1} trailing'])
+def test_parse_json_malformed(raw: bytes) -> None:
+    err = error_of(parse_json, raw)
+    assert (err.status, err.code, err.field) == (400, "invalid_json", "body")
+    assert err.message.startswith("the body is not valid JSON")
+
+
+def test_parse_json_valid() -> None:
+    assert parse_json(b' {"a": [1, {"b": null}]} ') == {"a": [1, {"b": None}]}
+
+
+def test_parse_json_at_max_depth() -> None:
+    raw = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
+    assert parse_json(raw) is not None
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 100, 1000])
+def test_parse_json_too_deep_arrays(depth: int) -> None:
+    err = error_of(parse_json, b"[" * depth + b"]" * depth)
+    assert (err.status, err.code, err.field) == (400, "too_deep", "body")
+
+
+def test_parse_json_too_deep_objects() -> None:
+    depth = MAX_JSON_DEPTH + 1
+    err = error_of(parse_json, b'{"a":' * depth + b"1" + b"}" * depth)
+    assert (err.status, err.code, err.field) == (400, "too_deep", "body")
+
+
+def test_parse_json_beyond_orjson_recursion_limit() -> None:
+    err = error_of(parse_json, b"[" * 5000 + b"]" * 5000)
+    assert err.status == 400
+    assert err.code in ("invalid_json", "too_deep")
+
+
+# --- check_json_content_type ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "",
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=UTF-8",
+        "  application/json  ",
+        "application/problem+json",
+        "application/vnd.api+json; charset=utf-8",
+    ],
+)
+def test_json_content_types_accepted(content_type: str | None) -> None:
+    check_json_content_type(content_type)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "text/json",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "text/plain+json",
+    ],
+)
+def test_other_content_types_rejected(content_type: str) -> None:
+    err = error_of(check_json_content_type, content_type)
+    assert (err.status, err.code, err.field) == (415, "unsupported_media_type", "Content-Type")
+
+
+# --- legacy_lookup ---------------------------------------------------------------------------------------
+
+
+def test_lookup_from_query_uses_last_value() -> None:
+    found = legacy_lookup(b"", None, {"rid": [b"first", b"last"], "other": [b"x"]})
+    assert found == {"rid": "last"}
+
+
+def test_lookup_from_query_task_id() -> None:
+    task_id = str(uuid.uuid4())
+    assert legacy_lookup(b"", None, {"task_id": [task_id.encode()]}) == {"task_id": task_id}
+
+
+def test_lookup_from_query_undecodable_bytes_are_replaced() -> None:
+    assert legacy_lookup(b"", None, {"rid": [b"a\xffb"]}) == {"rid": "a\ufffdb"}
+
+
+def test_lookup_ignores_empty_query_values() -> None:
+    err = error_of(legacy_lookup, b"", None, {"rid": []})
+    assert (err.status, err.code, err.field) == (422, "missing_field", "task_id")
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "application/json; charset=utf-8"])
+def test_lookup_from_json_body(content_type: str | None) -> None:
+    found = legacy_lookup(b'{"rid": 17, "other": 1}', content_type, {})
+    assert found == {"rid": 17}
+
+
+def test_lookup_json_body_wins_over_query() -> None:
+    found = legacy_lookup(b'{"rid": "body"}', "application/json", {"rid": [b"query"], "task_id": [b"t"]})
+    assert found == {"rid": "body", "task_id": "t"}
+
+
+def test_lookup_from_form_body() -> None:
+    task_id = str(uuid.uuid4())
+    found = legacy_lookup(
+        f"task_id={task_id}&rid=a%40b&x=1".encode(), "application/x-www-form-urlencoded; charset=utf-8", {}
+    )
+    assert found == {"task_id": task_id, "rid": "a@b"}
+
+
+def test_lookup_missing() -> None:
+    for args in [
+        (b"", None, {}),
+        (b'{"other": 1}', "application/json", {}),
+        (b"x=1", "application/x-www-form-urlencoded", {}),
+    ]:
+        err = error_of(legacy_lookup, *args)
+        assert (err.status, err.code, err.field) == (422, "missing_field", "task_id")
+
+
+def test_lookup_multipart_rejected() -> None:
+    err = error_of(legacy_lookup, b"--x\r\n...", "multipart/form-data; boundary=x", {"rid": [b"r"]})
+    assert (err.status, err.code, err.field) == (415, "unsupported_media_type", "Content-Type")
+
+
+def test_lookup_bad_json_body() -> None:
+    err = error_of(legacy_lookup, b"{nope", "application/json", {})
+    assert (err.status, err.code, err.field) == (400, "invalid_json", "body")
+    err = error_of(legacy_lookup, b"[1]", "application/json", {})
+    assert (err.status, err.code, err.field) == (422, "invalid_type", "body")
+
+
+# --- parse_task_id ---------------------------------------------------------------------------------------
+
+
+def test_parse_task_id() -> None:
+    task_id = uuid.uuid4()
+    assert parse_task_id(str(task_id)) == task_id
+    assert parse_task_id("not-a-uuid") is None
+    assert parse_task_id(None) is None  # type: ignore[arg-type]
+
+
+def test_rid_beyond_64_bits_from_the_wire() -> None:
+    doc = parse_json(b'{"rid": 18446744073709551616, "items": [{"number": 1, "job": "sum"}]}')
+    err = error_of(submit, doc)
+    assert (err.status, err.code, err.field) == (422, "out_of_range", "rid")
