@@ -88,6 +88,7 @@ class System:
     base_url: str
     client: httpx.AsyncClient
     stack: AsyncExitStack
+    app: GatewayApp
     processors: list[RunningProcessor] = field(default_factory=list)
 
     async def start_processor(self, name: str | None = None) -> Processor:
@@ -188,7 +189,7 @@ async def start_system(settings: Settings, stack: AsyncExitStack, processors: in
     base_url = f"http://127.0.0.1:{port}"
     client = httpx.AsyncClient(base_url=base_url, timeout=30.0)
     stack.push_async_callback(client.aclose)
-    system = System(settings, registry, engine, base_url, client, stack)
+    system = System(settings, registry, engine, base_url, client, stack, app)
     stack.push_async_callback(system.stop_processors)
     for index in range(processors):
         await system.start_processor(f"processor-{index}")

@@ -1,0 +1,30 @@
+"""Processings for tests that count their effects (registered with SQUALL_PROCESSING_MODULES)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from squall.core.processings import processing
+
+EFFECT_LOG_ENV = "SQUALL_TEST_EFFECT_LOG"
+# In-process runs: every number a `record` batch computed, in order.
+RECORDED: list[int] = []
+
+
+@processing(name="record", mode="batch", batch_size=100)
+async def record(numbers: list[int]) -> list[int]:
+    await asyncio.sleep(0.01)  # widen the window in which two processors could collide
+    RECORDED.extend(numbers)
+    return [n + 1 for n in numbers]
+
+
+@processing(name="slow_record", mode="batch", batch_size=25, timeout_seconds=30)
+async def slow_record(numbers: list[int]) -> list[int]:
+    """Slow enough to be killed mid-batch; appends what it computed to the file named by the env."""
+    await asyncio.sleep(1.5)
+    path = os.environ.get(EFFECT_LOG_ENV)
+    if path:
+        with open(path, "a") as log:  # noqa: ASYNC230 - a tiny append in a test helper
+            log.write("".join(f"{n}\n" for n in numbers))
+    return [n + 1 for n in numbers]

@@ -1,0 +1,72 @@
+"""Several processors share one backlog: no item is claimed or computed twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from tests.integration import effect_processings
+from tests.integration.harness import System, make_settings, wait_for
+
+MODULE = "tests.integration.effect_processings"
+
+
+async def test_two_processors_drain_one_backlog_once(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    effect_processings.RECORDED.clear()
+    settings = make_settings(nats_url, database_url, processing_modules=[MODULE])
+    system = await system_factory(settings, processors=2)
+    requests, per_request = 40, 50
+    await asyncio.gather(
+        *(
+            system.submit(
+                {
+                    "rid": f"r{r}",
+                    "items": [{"number": r * 1000 + i, "job": "record"} for i in range(per_request)],
+                }
+            )
+            for r in range(requests)
+        )
+    )
+    total = requests * per_request
+
+    async def recorded() -> bool:
+        return await system.fetchval("SELECT count(*) FROM items") == total
+
+    await wait_for(recorded, what="all items recorded")
+    # Many more poll tasks than needed, published at once: processors race for the same items.
+    await asyncio.gather(*(system.publish_poll("record", batch_size=100) for _ in range(40)))
+
+    async def all_processed() -> bool:
+        return await system.fetchval("SELECT count(*) FROM requests WHERE processed") == requests
+
+    await wait_for(all_processed, timeout=60, what="every request processed")
+    computed = Counter(effect_processings.RECORDED)
+    assert len(computed) == total
+    assert max(computed.values()) == 1, [n for n, c in computed.items() if c > 1][:10]
+    rows = await system.fetch("SELECT number, state, result, attempts FROM items")
+    assert all(r["state"] == "done" and r["attempts"] == 1 for r in rows)
+    assert all(r["result"] == str(r["number"] + 1) for r in rows)
+    # Both processors took part (each poll task is recorded with the items it processed).
+    busy = await system.fetchval("SELECT count(*) FROM tasks WHERE kind = 'poll' AND items_processed > 0")
+    assert busy >= 2
+
+
+async def test_redelivered_request_event_records_items_once(system: System) -> None:
+    """The gateway re-publishes an unrecorded identical re-submission; items must still be recorded once."""
+    body = {"rid": "twice", "items": [{"number": n, "job": "sum"} for n in range(10)]}
+    await system.stop_processors()
+    await system.submit(body, expect=202)
+    await system.submit(body, expect=200)  # re-published while not recorded
+    await system.start_processor()
+    await system.start_processor()
+
+    async def recorded() -> bool:
+        return bool((await system.request_state("twice"))["recorded"])
+
+    await wait_for(recorded, what="recorded")
+    await asyncio.sleep(0.5)
+    assert await system.fetchval("SELECT count(*) FROM items") == 10
+    assert await system.fetchval("SELECT attempts FROM tasks WHERE kind = 'request'") == 1

@@ -1,0 +1,126 @@
+"""A processor SIGKILLed mid-batch: its items are reclaimed, every item gets exactly one result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from squall.core.settings import Settings
+from tests.integration.effect_processings import EFFECT_LOG_ENV
+from tests.integration.harness import System, make_settings, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = "tests.integration.effect_processings"
+
+
+class ProcessorProcesses:
+    """``squall processor`` as real OS processes (what a container runs)."""
+
+    def __init__(self, settings: Settings, effect_log: Path, log_dir: Path) -> None:
+        self.settings = settings
+        self.effect_log = effect_log
+        self.log_dir = log_dir
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "SQUALL_NATS_URL": self.settings.nats_url,
+            "SQUALL_DATABASE_URL": self.settings.database_url,
+            "SQUALL_PROCESSING_MODULES": MODULE,
+            "SQUALL_PROCESSOR__ACK_WAIT_SECONDS": "2",
+            "SQUALL_PROCESSOR__LEASE_SECONDS": "2",
+            "SQUALL_PROCESSOR__HTTP_PORT": "0",
+            "SQUALL_INSTANCE_ID": name,
+            "SQUALL_LOG_FORMAT": "text",
+            EFFECT_LOG_ENV: str(self.effect_log),
+        }
+        with open(self.log_dir / f"{name}.log", "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "squall.core.cli", "processor"], env=env, stdout=out, stderr=out
+            )
+        self.running.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.running:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def processes(settings: Settings, tmp_path: Path) -> Iterator[ProcessorProcesses]:
+    procs = ProcessorProcesses(settings, tmp_path / "effects.log", tmp_path)
+    yield procs
+    procs.stop_all()
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_batch_then_restart(
+    nats_url: str,
+    database_url: str,
+    system_factory: Callable[..., Awaitable[System]],
+    processes: ProcessorProcesses,
+) -> None:
+    settings = make_settings(nats_url, database_url, processing_modules=[MODULE])
+    system = await system_factory(settings, processors=1)  # in-process: records requests only
+    requests, per_request = 6, 20
+    for r in range(requests):
+        await system.submit(
+            {
+                "rid": f"k{r}",
+                "items": [{"number": r * 100 + i, "job": "slow_record"} for i in range(per_request)],
+            }
+        )
+
+    async def recorded() -> bool:
+        return await system.fetchval("SELECT count(*) FROM items") == requests * per_request
+
+    await wait_for(recorded, what="items recorded")
+    await system.stop_processors()  # from now on only the OS processes run tasks
+    for _ in range(5):
+        await system.publish_poll("slow_record", batch_size=25)
+
+    killed = 0
+    for round_ in range(2):
+        victim = processes.start(f"victim-{round_}")
+
+        async def claimed() -> bool:
+            return bool(await system.fetchval("SELECT count(*) FROM items WHERE state = 'running'"))
+
+        await wait_for(claimed, timeout=30, what="a batch claimed by the victim")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        killed += 1
+        # Its claims are still there: nobody else holds them.
+        assert await system.fetchval("SELECT count(*) FROM items WHERE state = 'running'") > 0
+
+    processes.start("survivor")
+
+    async def all_processed() -> bool:
+        return await system.fetchval("SELECT count(*) FROM requests WHERE processed") == requests
+
+    await wait_for(all_processed, timeout=90, interval=0.25, what="every request processed after the kills")
+    rows = await system.fetch("SELECT number, state, result, attempts, lease_until FROM items")
+    assert len(rows) == requests * per_request
+    for row in rows:
+        assert row["state"] == "done", dict(row)
+        assert row["result"] == str(row["number"] + 1)
+        assert row["lease_until"] is None
+        assert 1 <= row["attempts"] <= killed + 1
+    # The killed batches were recomputed (attempts > 1) but written once: one row, one result each.
+    assert await system.fetchval("SELECT count(*) FROM items WHERE attempts > 1") > 0
+    assert await system.fetchval("SELECT count(*) FROM tasks WHERE state = 'running'") == 0
