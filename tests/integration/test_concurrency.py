@@ -6,6 +6,9 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
+import nats
+
+from squall.core import events
 from tests.integration import effect_processings
 from tests.integration.harness import System, make_settings, wait_for
 
@@ -70,3 +73,26 @@ async def test_redelivered_request_event_records_items_once(system: System) -> N
     await asyncio.sleep(0.5)
     assert await system.fetchval("SELECT count(*) FROM items") == 10
     assert await system.fetchval("SELECT attempts FROM tasks WHERE kind = 'request'") == 1
+
+
+async def test_duplicate_events_in_one_fetch_record_once(system: System) -> None:
+    """Copies of one event beyond the de-duplication window may arrive in the same fetched batch."""
+    await system.stop_processors()
+    await system.submit({"rid": "dup", "items": [{"number": n, "job": "sum"} for n in range(5)]})
+    payload = await system.fetchval("SELECT payload FROM requests WHERE rid = 'dup'")
+    nc = await nats.connect(system.settings.nats_url)
+    try:
+        for copy in range(3):
+            await nc.jetstream().publish(
+                events.REQUEST_SUBMITTED, payload, headers={"Nats-Msg-Id": f"copy-{copy}"}
+            )
+    finally:
+        await nc.close()
+    await system.start_processor()
+
+    async def recorded() -> bool:
+        return bool((await system.request_state("dup"))["recorded"])
+
+    await wait_for(recorded, what="recorded")
+    await asyncio.sleep(0.5)
+    assert await system.fetchval("SELECT count(*) FROM items") == 5

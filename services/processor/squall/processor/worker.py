@@ -143,9 +143,11 @@ class Processor:
         async with self.engine.begin() as conn:
             fresh = await store.claim_unrecorded(conn, [e.task_id for _, e in submitted])
             new_items: list[store.NewItem] = []
+            to_record = set(fresh)
             for _, event in submitted:
-                if event.task_id not in fresh:
-                    continue  # a redelivery or a re-publish: recorded before
+                if event.task_id not in to_record:
+                    continue  # recorded before (a redelivery or a re-publish), or twice in this batch
+                to_record.discard(event.task_id)
                 for position, item in enumerate(event.items):
                     state, result, error = computed.get((event.task_id, position), ("pending", None, None))
                     new_items.append(

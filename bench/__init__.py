@@ -1,0 +1,1 @@
+"""End-to-end benchmark of Squall: ``python -m bench --help``."""
