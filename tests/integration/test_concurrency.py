@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import nats
+from prometheus_client import REGISTRY
 
 from squall.core import events
 from tests.integration import effect_processings
@@ -88,6 +89,7 @@ async def test_duplicate_events_in_one_fetch_record_once(system: System) -> None
             )
     finally:
         await nc.close()
+    redeliveries = REGISTRY.get_sample_value("squall_task_redeliveries_total", {"kind": "request"}) or 0.0
     await system.start_processor()
 
     async def recorded() -> bool:
@@ -96,3 +98,6 @@ async def test_duplicate_events_in_one_fetch_record_once(system: System) -> None
     await wait_for(recorded, what="recorded")
     await asyncio.sleep(0.5)
     assert await system.fetchval("SELECT count(*) FROM items") == 5
+    # Recorded in the first attempt: the copies did not make the batch's transaction fail.
+    after = REGISTRY.get_sample_value("squall_task_redeliveries_total", {"kind": "request"}) or 0.0
+    assert after == redeliveries
