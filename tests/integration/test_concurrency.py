@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import nats
 from prometheus_client import REGISTRY
 
-from squall.core import events
+from squall.core import broker, events, store
+from squall.processor.worker import Processor
 from tests.integration import effect_processings
 from tests.integration.harness import System, make_settings, wait_for
 
@@ -101,3 +103,29 @@ async def test_duplicate_events_in_one_fetch_record_once(system: System) -> None
     # Recorded in the first attempt: the copies did not make the batch's transaction fail.
     after = REGISTRY.get_sample_value("squall_task_redeliveries_total", {"kind": "request"}) or 0.0
     assert after == redeliveries
+
+
+async def test_accepted_request_whose_event_was_never_published_is_recovered(system: System) -> None:
+    """The gateway died between recording an acceptance and publishing it: a processor re-publishes it."""
+    event = events.RequestSubmitted(
+        task_id=uuid.uuid4(), rid="orphan", items=[events.Item(number=5, job="mul")]
+    )
+    await store.accept_request(system.engine, event, False, event.model_dump_json().encode())
+    processor = system.processors[0].processor
+    assert await processor.republish_lost(older_than_seconds=0) == 1
+    await system.start_ticker()
+    state = await system.wait_processed("orphan")
+    assert state["items"][0]["result"] == 10
+    assert await processor.republish_lost(older_than_seconds=0) == 0  # nothing left to recover
+
+
+async def test_no_republish_while_the_queue_has_a_backlog(system: System) -> None:
+    """An unrecorded request may simply be waiting in the queue: never duplicate a backlog."""
+    await system.stop_processors()
+    await system.submit({"rid": "queued", "items": [{"number": 1, "job": "sum"}]})
+    nc = await broker.connect(system.settings, "idle")
+    try:
+        idle = Processor(system.settings, system.registry, system.engine, nc, "idle")  # not consuming
+        assert await idle.republish_lost(older_than_seconds=0) == 0
+    finally:
+        await nc.close()

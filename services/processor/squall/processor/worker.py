@@ -260,14 +260,14 @@ class Processor:
             except Exception as exc:
                 log.warning("sweep for lost request events failed: %s", exc)
 
-    async def republish_lost(self) -> int:
+    async def republish_lost(self, older_than_seconds: float = SWEEP_MIN_AGE_SECONDS) -> int:
         """Re-publish accepted requests whose event never reached a processor (the gateway died between
         recording and publishing). Only when the request consumer has no backlog: then an unrecorded
         request older than the sweep age is one whose event is gone, not one still waiting in the queue."""
         info = await self.js.consumer_info(events.REQUESTS_STREAM, events.REQUESTS_CONSUMER)
         if info.num_pending or info.num_ack_pending:
             return 0
-        lost = await store.unrecorded_payloads(self.engine, SWEEP_MIN_AGE_SECONDS, limit=500)
+        lost = await store.unrecorded_payloads(self.engine, older_than_seconds, limit=500)
         for rid, payload in lost:
             await self.js.publish(
                 events.REQUEST_SUBMITTED, payload, headers={"Nats-Msg-Id": events.request_msg_id(rid)}
