@@ -39,9 +39,7 @@ def squall_command() -> list[str]:
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(_STRIPPED_PREFIXES) and k not in _PROXY_VARS
+        k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_PREFIXES) and k not in _PROXY_VARS
     }
     env.update(extra)
     return env
@@ -73,6 +71,7 @@ class SquallDev:
         # Every process squall dev reported, so that none survives the scenario: pid -> (service, start).
         self.seen: dict[int, tuple[str, int | None]] = {}
         self.leftovers_killed: list[str] = []
+        self.exited_early: int | None = None  # squall dev's exit code if it ended before stop()
 
     @property
     def base_url(self) -> str:
@@ -95,7 +94,7 @@ class SquallDev:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")  # closed in stop()
         self.popen = subprocess.Popen(
             self.argv,
             stdout=self._log,
@@ -145,7 +144,9 @@ class SquallDev:
             if all(counts.get(s, 0) >= n for s, n in expected.items()) and self._all_ready(processes):
                 return time.monotonic() - started
             if time.monotonic() > deadline:
-                raise DevError(f"squall dev not ready after {timeout:.0f} s (saw {counts}):\n{self.log_tail()}")
+                raise DevError(
+                    f"squall dev not ready after {timeout:.0f} s (saw {counts}):\n{self.log_tail()}"
+                )
             time.sleep(0.25)
 
     def _all_ready(self, processes: list[dict[str, Any]]) -> bool:
@@ -162,6 +163,8 @@ class SquallDev:
     def stop(self) -> None:
         """SIGINT to squall dev and wait; SIGKILL its group if it hangs; then stop any process it left."""
         try:
+            if self.popen is not None and self.popen.poll() is not None and self.exited_early is None:
+                self.exited_early = self.popen.returncode
             if self.popen is not None and self.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     self.popen.send_signal(signal.SIGINT)
@@ -173,7 +176,7 @@ class SquallDev:
                         os.killpg(self.popen.pid, signal.SIGKILL)
                     self.popen.wait(10)
         finally:
-            for pid, (service, started) in self.seen.items():
+            for pid, (service, started) in list(self.seen.items()):
                 # PostgreSQL: SIGINT is its fast shutdown; everything else stops on SIGTERM.
                 first = signal.SIGINT if service == "postgres" else signal.SIGTERM
                 if procs.stop_process(pid, started, first, grace=10.0):

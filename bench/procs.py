@@ -12,7 +12,7 @@ from pathlib import Path
 try:
     import psutil as _psutil
 except ImportError:  # psutil is optional: /proc is read instead
-    _psutil = None  # type: ignore[assignment]
+    _psutil = None
 
 RSS_SOURCE = "psutil" if _psutil is not None else "/proc"
 

@@ -1,0 +1,109 @@
+"""What PostgreSQL says about a run: wait until every accepted request is processed, then measure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+QUERY_TIMEOUT_SECONDS = 60.0
+
+_PROGRESS = "SELECT count(*) AS requests, count(*) FILTER (WHERE processed) AS processed FROM requests"
+
+# Throughput end to end: items in a final state over the time from the first acceptance to the last item
+# write. In immediate mode items are written with their result (updated_at = the recording transaction's
+# now()); in batch mode updated_at is the poll task's write of the result.
+_THROUGHPUT = """
+WITH r AS (
+    SELECT count(*) AS requests, coalesce(sum(item_count), 0) AS items_declared,
+           min(created_at) AS first_created
+    FROM requests
+), i AS (
+    SELECT count(*) AS items,
+           count(*) FILTER (WHERE state = 'done') AS done,
+           count(*) FILTER (WHERE state = 'failed') AS failed,
+           max(updated_at) AS last_updated
+    FROM items WHERE state IN ('done', 'failed')
+)
+SELECT r.requests, r.items_declared, i.items, i.done, i.failed,
+       extract(epoch FROM i.last_updated - r.first_created)::float8 AS span_seconds,
+       (i.items / nullif(extract(epoch FROM i.last_updated - r.first_created), 0))::float8 AS items_per_second
+FROM r, i
+"""
+
+# Latency end to end per request: from the gateway's acceptance to the processor marking it processed.
+_LATENCY = """
+SELECT count(*) AS n,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at))::float8
+           AS p50,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at))::float8
+           AS p90,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at))::float8
+           AS p99,
+       max(extract(epoch FROM processed_at - created_at))::float8 AS max,
+       avg(extract(epoch FROM processed_at - created_at))::float8 AS avg
+FROM requests WHERE processed
+"""
+
+
+def dsn(port: int) -> str:
+    return f"postgresql://postgres@127.0.0.1:{port}/squall"
+
+
+async def _connect(port: int) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn(port), timeout=CONNECT_TIMEOUT_SECONDS)
+
+
+async def wait_processed(port: int, at_least: int, within: float, poll: float = 0.5) -> dict[str, Any]:
+    """Poll until every request in the table is processed (and there are at least ``at_least``)."""
+    started = time.monotonic()
+    conn = await _connect(port)
+    try:
+        while True:
+            row = await conn.fetchrow(_PROGRESS, timeout=QUERY_TIMEOUT_SECONDS)
+            assert row is not None
+            requests, processed = int(row["requests"]), int(row["processed"])
+            done = requests == processed and requests >= at_least
+            elapsed = time.monotonic() - started
+            if done or elapsed >= within:
+                return {
+                    "drained": done,
+                    "requests": requests,
+                    "processed": processed,
+                    "wait_seconds": round(elapsed, 3),
+                }
+            await asyncio.sleep(poll)
+    finally:
+        await conn.close(timeout=5)
+
+
+def _seconds_to_ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+async def measure(port: int) -> dict[str, Any]:
+    conn = await _connect(port)
+    try:
+        t = await conn.fetchrow(_THROUGHPUT, timeout=QUERY_TIMEOUT_SECONDS)
+        lat = await conn.fetchrow(_LATENCY, timeout=QUERY_TIMEOUT_SECONDS)
+    finally:
+        await conn.close(timeout=5)
+    assert t is not None and lat is not None
+    return {
+        "requests": int(t["requests"]),
+        "items_declared": int(t["items_declared"]),
+        "items_final": int(t["items"]),
+        "items_done": int(t["done"]),
+        "items_failed": int(t["failed"]),
+        "span_seconds": None if t["span_seconds"] is None else round(t["span_seconds"], 3),
+        "items_per_second": None if t["items_per_second"] is None else round(t["items_per_second"], 1),
+        "e2e_requests": int(lat["n"]),
+        "e2e_p50_ms": _seconds_to_ms(lat["p50"]),
+        "e2e_p90_ms": _seconds_to_ms(lat["p90"]),
+        "e2e_p99_ms": _seconds_to_ms(lat["p99"]),
+        "e2e_max_ms": _seconds_to_ms(lat["max"]),
+        "e2e_avg_ms": _seconds_to_ms(lat["avg"]),
+    }
