@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from squall.core import migrate
-from squall.core.embedded import NatsServer, PostgresServer, free_port
+from squall.core.embedded import NatsServer, PostgresServer, die_with_parent, free_port
 from squall.core.logs import configure_logging
 from squall.core.settings import load_settings, redact_url
 
@@ -114,6 +114,7 @@ class Supervisor:
                     {
                         **common,
                         "SQUALL_PROCESSOR__HTTP_PORT": str(port),
+                        "SQUALL_PROCESSOR__HTTP_HOST": self.options.host,
                         "SQUALL_INSTANCE_ID": f"processor-{index}",
                     },
                     port,
@@ -129,6 +130,7 @@ class Supervisor:
                     {
                         **common,
                         "SQUALL_SCHEDULER__HTTP_PORT": str(port),
+                        "SQUALL_SCHEDULER__HTTP_HOST": self.options.host,
                         "SQUALL_INSTANCE_ID": f"scheduler-{index}",
                     },
                     port,
@@ -139,6 +141,7 @@ class Supervisor:
         child.process = await asyncio.create_subprocess_exec(
             *child.argv,
             env=child.env,
+            preexec_fn=die_with_parent,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
@@ -222,7 +225,8 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            base_env = await asyncio.to_thread(self.start_servers)
+            # In this (the main) thread: the servers' parent-death signal is tied to the thread that forks.
+            base_env = self.start_servers()
             settings = load_settings(**_settings_from(base_env))
             log.info("applying migrations to %s", redact_url(settings.database_url))
             await migrate.upgrade_async(settings)
@@ -256,8 +260,8 @@ def _settings_from(env: dict[str, str]) -> dict[str, str]:
 
 
 def run_dev(options: DevOptions) -> None:
-    configure_logging(
-        "dev", os.environ.get("SQUALL_LOG_FORMAT", "text"), os.environ.get("SQUALL_LOG_LEVEL", "INFO")
-    )
+    settings = load_settings()  # any bad SQUALL_* value stops us here, before anything starts
+    log_format = settings.log_format if "SQUALL_LOG_FORMAT" in os.environ else "text"
+    configure_logging("dev", log_format, settings.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(Supervisor(options).run())

@@ -8,6 +8,7 @@ in its own data folder, and can be stopped, killed and restarted (fault tests do
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import importlib.util
 import os
@@ -42,6 +43,35 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | 
             return
         time.sleep(0.05)
     raise EmbeddedError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: on Linux, the child gets SIGTERM when the process that started it dies, even by
+    SIGKILL, so a killed ``squall dev`` leaves no orphans. Elsewhere a no-op."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# Loaded up front: a preexec function must not import or open files (it may run as another user).
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def stop_stale(pid_file: Path, command_fragment: str, timeout: float = 15.0) -> None:
+    """Stop a server left running on this data folder by a supervisor that was killed."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError, IndexError):
+        return
+    if command_fragment not in cmdline:
+        return  # the pid was reused by something else
+    os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
+    if Path(f"/proc/{pid}").exists():
+        os.kill(pid, signal.SIGKILL)
 
 
 def _scripts_dirs() -> list[str]:
@@ -94,6 +124,8 @@ class _Server:
                 start_new_session=True,
                 user=user,
                 group=user,
+                # Changing user would clear the parent-death signal: PostgreSQL relies on stop_stale then.
+                preexec_fn=die_with_parent if user is None else None,
             )
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -130,8 +162,12 @@ class NatsServer(_Server):
 
     def start(self, timeout: float = 20.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        pid_file = self.data_dir / "nats.pid"
+        stop_stale(pid_file, "nats-server")
         argv = [
             find_nats_server(),
+            "-P",
+            str(pid_file),
             "-a",
             "127.0.0.1",
             "-p",
@@ -202,6 +238,7 @@ class PostgresServer(_Server):
 
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        stop_stale(self._pgdata / "postmaster.pid", "postgres")
         user = self._os_user()
         self._grant(self.data_dir)
         if not (self._pgdata / "PG_VERSION").exists():

@@ -30,6 +30,7 @@ class GatewaySettings(BaseModel):
 
 
 class ProcessorSettings(BaseModel):
+    http_host: str = Field("0.0.0.0", description="Address serving /metrics, /healthz, /readyz.")
     http_port: int = Field(9101, ge=0, le=65535, description="Port serving /metrics, /healthz, /readyz.")
     fetch_batch: int = Field(256, ge=1, le=10_000, description="Request events fetched per pull.")
     max_ack_pending: int = Field(
@@ -50,6 +51,7 @@ class ProcessorSettings(BaseModel):
 
 
 class SchedulerSettings(BaseModel):
+    http_host: str = Field("0.0.0.0", description="Address serving /metrics, /healthz, /readyz.")
     http_port: int = Field(9102, ge=0, le=65535, description="Port serving /metrics, /healthz, /readyz.")
     default_interval_seconds: float = Field(
         2.0, gt=0, le=86_400, description="Polling interval of a batch processing with none of its own."

@@ -41,6 +41,9 @@ log = logging.getLogger("squall.processor")
 REQUEST_WORKERS = 2
 TASK_WORKERS = 2
 SWEEP_INTERVAL_SECONDS = 15.0
+FETCH_WAIT_SECONDS = 1.0
+# How long a fetch may linger for more messages once one arrived: short, so a batch never waits to fill.
+FETCH_REST_SECONDS = 0.005
 SWEEP_MIN_AGE_SECONDS = 30.0
 
 
@@ -100,7 +103,7 @@ class Processor:
     ) -> None:
         while not self.stopping.is_set():
             try:
-                msgs = await sub.fetch(batch, timeout=1.0)
+                msgs = await fetch_available(sub, batch)
             except (NatsTimeout, TimeoutError):
                 continue  # nothing to fetch
             except asyncio.CancelledError:
@@ -306,6 +309,21 @@ async def run_batch(
     return outcomes, None
 
 
+async def fetch_available(
+    sub: JetStreamContext.PullSubscription, batch: int, wait: float = FETCH_WAIT_SECONDS
+) -> list[Msg]:
+    """Up to ``batch`` messages: wait up to ``wait`` for the first, then take what is there already.
+
+    One ``fetch(batch)`` would, once a first message arrived, keep waiting for the batch to fill until its
+    timeout: a request arriving on a quiet queue would wait a whole second.
+    """
+    msgs = await sub.fetch(1, timeout=wait)
+    if batch > 1:
+        with contextlib.suppress(NatsTimeout, TimeoutError):
+            msgs += await sub.fetch(batch - 1, timeout=FETCH_REST_SECONDS)
+    return msgs
+
+
 async def _nak_all(msgs: list[Msg], delay: float | None = None) -> None:
     for msg in msgs:
         with contextlib.suppress(Exception):
@@ -339,6 +357,6 @@ async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -
     stack.push_async_callback(nc.drain)
     await broker.ensure_streams(nc.jetstream(), settings)
     processor = Processor(settings, registry, engine, nc, name)
-    ops = start_ops_server(settings.processor.http_port, processor.problems)
+    ops = start_ops_server(settings.processor.http_port, processor.problems, settings.processor.http_host)
     stack.callback(ops.stop)
     await processor.run(stop)

@@ -94,6 +94,6 @@ async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -
     stack.push_async_callback(nc.drain)
     await broker.ensure_streams(nc.jetstream(), settings)
     ticker = Ticker(settings, registry, engine, nc)
-    ops = start_ops_server(settings.scheduler.http_port, ticker.problems)
+    ops = start_ops_server(settings.scheduler.http_port, ticker.problems, settings.scheduler.http_host)
     stack.callback(ops.stop)
     await ticker.run(stop)
