@@ -14,13 +14,45 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
+from nats.aio.client import Client
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from squall.core import broker
+from squall.core.db import create_engine
 from squall.core.logs import configure_logging
+from squall.core.processings import Registry, load_registry
 from squall.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ServiceMain = Callable[[Settings, asyncio.Event, AsyncExitStack], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What every service opens at start, owned by the service's exit stack."""
+
+    name: str
+    registry: Registry
+    engine: AsyncEngine
+    nc: Client
+
+
+async def open_resources(
+    settings: Settings, service: str, stack: AsyncExitStack, pool_size: int | None = None
+) -> Resources:
+    """Load the processings, open the database pool and the NATS connection, and make sure the streams
+    exist. On exit the stack drains NATS, then disposes of the pool."""
+    registry = load_registry(settings)
+    name = instance_id(settings, service)
+    engine = create_engine(settings, pool_size=pool_size)
+    stack.push_async_callback(engine.dispose)
+    nc = await broker.connect(settings, name)
+    stack.push_async_callback(nc.drain)
+    await broker.ensure_streams(nc.jetstream(), settings)
+    return Resources(name, registry, engine, nc)
 
 
 def instance_id(settings: Settings, service: str) -> str:

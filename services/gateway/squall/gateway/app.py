@@ -16,17 +16,15 @@ from contextlib import AsyncExitStack
 
 import nats.errors
 import nats.js.errors
-import tornado.escape
 import tornado.httpserver
 import tornado.web
 from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import broker, events, metrics, store
-from squall.core.db import create_engine
+from squall.core import events, metrics, store
 from squall.core.http import ApiError, JsonHandler, NotFoundHandler, ops_routes
-from squall.core.lifecycle import instance_id
-from squall.core.processings import Registry, load_registry
+from squall.core.lifecycle import open_resources
+from squall.core.processings import Registry
 from squall.core.readiness import dependency_problems
 from squall.core.settings import Settings
 from squall.gateway import validation
@@ -116,17 +114,24 @@ class BaseHandler(JsonHandler):
     def app(self) -> GatewayApp:
         return self.application
 
+    def read_submission(self, parse: validation.SubmissionParser) -> validation.Submission:
+        """The body as a submission, in the order of the checks: media type, size, JSON, fields."""
+        validation.check_json_content_type(self.request.headers.get("Content-Type"))
+        gw = self.app.squall.gateway
+        if len(self.request.body) > gw.max_body_bytes:
+            raise ApiError(
+                413, "body_too_large", f"the body is larger than {gw.max_body_bytes} bytes", "body"
+            )
+        return parse(
+            validation.parse_json(self.request.body), self.app.registry, gw.max_items, gw.max_rid_length
+        )
+
 
 class SubmitHandler(BaseHandler):
     route = "/v1/requests"
 
     async def post(self) -> None:
-        validation.check_json_content_type(self.request.headers.get("Content-Type"))
-        gw = self.app.squall.gateway
-        self._check_size(gw.max_body_bytes)
-        sub = validation.parse_submission(
-            validation.parse_json(self.request.body), self.app.registry, gw.max_items, gw.max_rid_length
-        )
+        sub = self.read_submission(validation.parse_submission)
         accepted = await submit(self.app, sub)
         rid = store.present_rid(sub.rid, sub.rid_is_int)
         self.write_json(
@@ -141,10 +146,6 @@ class SubmitHandler(BaseHandler):
             },
             202 if accepted.created else 200,
         )
-
-    def _check_size(self, limit: int) -> None:
-        if len(self.request.body) > limit:
-            raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes", "body")
 
 
 async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
@@ -185,8 +186,7 @@ class TaskHandler(BaseHandler):
 class RequestStatusHandler(BaseHandler):
     route = "/v1/requests/{rid}"
 
-    async def get(self, raw_rid: str) -> None:
-        rid = tornado.escape.url_unescape(raw_rid)
+    async def get(self, rid: str) -> None:  # Tornado has already percent-decoded the path argument
         request = await store.get_request(self.app.engine, rid)
         if request is None:
             raise ApiError(404, "not_found", "no request with this rid", "rid")
@@ -264,14 +264,8 @@ def make_server(app: GatewayApp) -> tornado.httpserver.HTTPServer:
 
 async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -> None:
     """``squall gateway``."""
-    registry = load_registry(settings)
-    name = instance_id(settings, "gateway")
-    engine = create_engine(settings)
-    stack.push_async_callback(engine.dispose)
-    nc = await broker.connect(settings, name)
-    stack.push_async_callback(nc.drain)
-    await broker.ensure_streams(nc.jetstream(), settings)
-    app = GatewayApp(settings, registry, engine, nc)
+    res = await open_resources(settings, "gateway", stack)
+    app = GatewayApp(settings, res.registry, res.engine, res.nc)
     server = make_server(app)
     server.listen(settings.gateway.port, settings.gateway.host)
     log.info("gateway listening on http://%s:%d", settings.gateway.host, settings.gateway.port)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,9 @@ class Submission:
     rid: str  # canonical key: an integer rid is kept as its decimal text
     rid_is_int: bool
     items: list[Item]
+
+
+SubmissionParser = Callable[[Any, Collection[str], int, int], Submission]
 
 
 def check_json_content_type(content_type: str | None) -> None:

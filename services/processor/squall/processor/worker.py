@@ -28,11 +28,10 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import broker, events, metrics, store
-from squall.core.db import create_engine
+from squall.core import events, metrics, store
 from squall.core.http import start_ops_server
-from squall.core.lifecycle import instance_id
-from squall.core.processings import ItemFailed, ProcessingError, Registry, load_registry
+from squall.core.lifecycle import open_resources
+from squall.core.processings import ItemFailed, ProcessingError, Registry
 from squall.core.readiness import dependency_problems
 from squall.core.settings import Settings
 
@@ -349,14 +348,8 @@ async def _keep_in_progress(msg: Msg, ack_wait: float):  # type: ignore[no-untyp
 
 async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -> None:
     """``squall processor``."""
-    registry = load_registry(settings)
-    name = instance_id(settings, "processor")
-    engine = create_engine(settings)
-    stack.push_async_callback(engine.dispose)
-    nc = await broker.connect(settings, name)
-    stack.push_async_callback(nc.drain)
-    await broker.ensure_streams(nc.jetstream(), settings)
-    processor = Processor(settings, registry, engine, nc, name)
+    res = await open_resources(settings, "processor", stack)
+    processor = Processor(settings, res.registry, res.engine, res.nc, res.name)
     ops = start_ops_server(settings.processor.http_port, processor.problems, settings.processor.http_host)
     stack.callback(ops.stop)
     await processor.run(stop)

@@ -16,11 +16,10 @@ from contextlib import AsyncExitStack
 from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import broker, events, store
-from squall.core.db import create_engine
+from squall.core import events, store
 from squall.core.http import start_ops_server
-from squall.core.lifecycle import instance_id
-from squall.core.processings import Processing, Registry, load_registry
+from squall.core.lifecycle import open_resources
+from squall.core.processings import Processing, Registry
 from squall.core.readiness import dependency_problems
 from squall.core.settings import Settings
 
@@ -87,13 +86,8 @@ class Ticker:
 
 async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -> None:
     """``squall scheduler``."""
-    registry = load_registry(settings)
-    engine = create_engine(settings, pool_size=2)
-    stack.push_async_callback(engine.dispose)
-    nc = await broker.connect(settings, instance_id(settings, "scheduler"))
-    stack.push_async_callback(nc.drain)
-    await broker.ensure_streams(nc.jetstream(), settings)
-    ticker = Ticker(settings, registry, engine, nc)
+    res = await open_resources(settings, "scheduler", stack, pool_size=2)
+    ticker = Ticker(settings, res.registry, res.engine, res.nc)
     ops = start_ops_server(settings.scheduler.http_port, ticker.problems, settings.scheduler.http_host)
     stack.callback(ops.stop)
     await ticker.run(stop)
