@@ -35,6 +35,12 @@ def result_json(value: Any) -> str:
         return json.dumps(value)
 
 
+def statements(engine: AsyncEngine) -> AsyncConnection:
+    """A connection whose statements each commit on their own: no BEGIN/COMMIT round trips around a
+    statement that is atomic by itself (every read here, and the intake's single INSERT)."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT").connect()
+
+
 # --- intake (gateway) -------------------------------------------------------------------------------------
 
 
@@ -73,23 +79,25 @@ async def accept_request(
 ) -> Accepted:
     """Record that the gateway accepted a request (before publishing it), or find the earlier one."""
     digest = items_hash(event.items)
-    async with engine.begin() as conn:
-        row = (
-            await conn.execute(
-                _ACCEPT,
-                {
-                    "rid": event.rid,
-                    "rid_is_int": rid_is_int,
-                    "task_id": event.task_id,
-                    "items_hash": digest,
-                    "item_count": len(event.items),
-                    "payload": payload,
-                },
-            )
-        ).first()
-        if row is not None:
-            return Accepted(event.task_id, created=True, recorded=False, payload=payload)
-        existing = (await conn.execute(_EXISTING, {"rid": event.rid})).one()
+    params = {
+        "rid": event.rid,
+        "rid_is_int": rid_is_int,
+        "task_id": event.task_id,
+        "items_hash": digest,
+        "item_count": len(event.items),
+        "payload": payload,
+    }
+    async with statements(engine) as conn:
+        # One statement inserts both rows or neither. If the rid exists, read it; should it vanish in
+        # between (a withdrawn acceptance), insert again.
+        for _ in range(3):
+            if (await conn.execute(_ACCEPT, params)).first() is not None:
+                return Accepted(event.task_id, created=True, recorded=False, payload=payload)
+            existing = (await conn.execute(_EXISTING, {"rid": event.rid})).first()
+            if existing is not None:
+                break
+        else:
+            raise RuntimeError(f"rid {event.rid!r} keeps appearing and vanishing")
     if existing.items_hash != digest:
         raise RidConflict(event.rid)
     return Accepted(existing.task_id, created=False, recorded=existing.recorded, payload=existing.payload)
@@ -110,7 +118,7 @@ async def withdraw_request(engine: AsyncEngine, task_id: uuid.UUID) -> None:
 
 
 async def get_task(engine: AsyncEngine, task_id: uuid.UUID) -> dict[str, Any] | None:
-    async with engine.connect() as conn:
+    async with statements(engine) as conn:
         row = (
             await conn.execute(
                 text(
@@ -143,7 +151,7 @@ async def get_task(engine: AsyncEngine, task_id: uuid.UUID) -> dict[str, Any] | 
 
 
 async def get_request(engine: AsyncEngine, rid: str) -> dict[str, Any] | None:
-    async with engine.connect() as conn:
+    async with statements(engine) as conn:
         head = (
             await conn.execute(
                 text(
@@ -194,14 +202,14 @@ async def get_request(engine: AsyncEngine, rid: str) -> dict[str, Any] | None:
 
 
 async def task_id_of_rid(engine: AsyncEngine, rid: str) -> uuid.UUID | None:
-    async with engine.connect() as conn:
+    async with statements(engine) as conn:
         return (
             await conn.execute(text("SELECT task_id FROM requests WHERE rid = :rid"), {"rid": rid})
         ).scalar()
 
 
 async def rid_of_task(engine: AsyncEngine, task_id: uuid.UUID) -> str | None:
-    async with engine.connect() as conn:
+    async with statements(engine) as conn:
         return (
             await conn.execute(text("SELECT rid FROM requests WHERE task_id = :t"), {"t": task_id})
         ).scalar()
@@ -315,7 +323,7 @@ async def mark_processed(conn: AsyncConnection, request_task_ids: Iterable[uuid.
 async def unrecorded_payloads(
     engine: AsyncEngine, older_than_seconds: float, limit: int
 ) -> list[tuple[str, bytes]]:
-    async with engine.connect() as conn:
+    async with statements(engine) as conn:
         rows = await conn.execute(
             text(
                 """
@@ -458,7 +466,7 @@ async def record_poll_task(engine: AsyncEngine, task_id: uuid.UUID, processing: 
 
 
 async def pending_count(engine: AsyncEngine, processing: str) -> int:
-    async with engine.connect() as conn:
+    async with statements(engine) as conn:
         return int(
             (
                 await conn.execute(
