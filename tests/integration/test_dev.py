@@ -134,6 +134,27 @@ def test_dev_runs_everything_and_stops_cleanly(dev: Dev) -> None:
         timeout=30,
     )
     assert json.loads(task.stdout)["state"] == "succeeded"
+    # A large submission from a file (stdin here) is split into requests of --chunk items.
+    chunked = subprocess.run(
+        [*SQUALL, "submit", "--file", "-", "--chunk", "2", "--rid", "big", "--job", "mul"],
+        input="1 2\n3,4\n5\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert chunked.returncode == 0, chunked.stderr
+    parts = [json.loads(line) for line in chunked.stdout.splitlines()]
+    assert [(p["rid"], p["items"]) for p in parts] == [("big-0", 2), ("big-1", 2), ("big-2", 1)]
+    assert "5/5 items" in chunked.stderr  # the progress line
+    last = subprocess.run(
+        [*SQUALL, "status", "--rid", "big-2", "--wait", "30"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert [i["result"] for i in json.loads(last.stdout)["items"]] == [10]
     missing = subprocess.run([*SQUALL, "status", "--rid", "nope"], env=env, capture_output=True, text=True)
     assert missing.returncode == 1 and "404" in missing.stderr
 
