@@ -22,7 +22,7 @@ from squall.core.processings import Registry, load_registry
 from squall.core.settings import Settings, load_settings
 from squall.gateway.app import GatewayApp, make_server
 from squall.processor.worker import Processor
-from squall.scheduler.ticker import Ticker
+from squall.scheduler.service import Scheduler
 
 T = TypeVar("T")
 
@@ -108,18 +108,20 @@ class System:
             await running.processor.nc.close()
         self.processors.clear()
 
-    async def start_ticker(self) -> None:
-        """The interval scheduler, emitting poll tasks for every batch processing."""
-        nc = await broker.connect(self.settings, "test-scheduler")
+    async def start_scheduler(self, name: str = "scheduler-0") -> Scheduler:
+        """A scheduler replica in this loop; it leads if no other does."""
+        nc = await broker.connect(self.settings, name)
         self.stack.push_async_callback(nc.close)
+        scheduler = Scheduler(self.settings, self.registry, self.engine, nc, name)
         stop = asyncio.Event()
-        task = asyncio.create_task(Ticker(self.settings, self.registry, self.engine, nc).run(stop))
+        task = asyncio.create_task(scheduler.run(stop))
 
         async def halt() -> None:
             stop.set()
             await task
 
         self.stack.push_async_callback(halt)
+        return scheduler
 
     async def publish_poll(self, processing: str, batch_size: int, tick_key: str | None = None) -> uuid.UUID:
         """Publish one poll task the way the scheduler does (recorded first, then published)."""

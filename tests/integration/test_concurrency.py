@@ -113,7 +113,7 @@ async def test_accepted_request_whose_event_was_never_published_is_recovered(sys
     await store.accept_request(system.engine, event, False, event.model_dump_json().encode())
     processor = system.processors[0].processor
     assert await processor.republish_lost(older_than_seconds=0) == 1
-    await system.start_ticker()
+    await system.start_scheduler()
     state = await system.wait_processed("orphan")
     assert state["items"][0]["result"] == 10
     assert await processor.republish_lost(older_than_seconds=0) == 0  # nothing left to recover

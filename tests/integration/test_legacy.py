@@ -20,7 +20,7 @@ async def _legacy_submit(system: System, rid: int) -> str:
 @pytest.mark.parametrize("how", ["json_body", "form_body", "query", "rid_json", "rid_query"])
 async def test_round_trip(system: System, how: str) -> None:
     task_id = await _legacy_submit(system, 12)
-    await system.start_ticker()
+    await system.start_scheduler()
 
     async def lookup() -> dict[str, Any]:
         client = system.client
@@ -63,7 +63,7 @@ async def test_one_job_for_all_numbers(system: System) -> None:
         "/number_request", json={"rid": 3, "numbers": [1, 2, 3], "jobtodo": ["mul"]}
     )
     assert response.status_code == 201
-    await system.start_ticker()
+    await system.start_scheduler()
     state = await system.wait_processed(3)
     assert [i["result"] for i in state["items"]] == [2, 4, 6]
 

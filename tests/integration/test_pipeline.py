@@ -32,7 +32,7 @@ async def test_batch_mode_processes_through_poll_tasks(system: System) -> None:
     accepted = await system.submit({"rid": "batch-1", "items": _items()})
     state = await system.request_state("batch-1")
     assert state["processed"] is False
-    await system.start_ticker()
+    await system.start_scheduler()
     _check_results(await system.wait_processed("batch-1"))
     task = (await system.client.get(f"/v1/tasks/{accepted['task_id']}")).json()
     assert task["state"] == "succeeded" and task["kind"] == "request" and task["rid"] == "batch-1"
@@ -82,7 +82,7 @@ async def test_resubmission_is_idempotent_and_conflict_is_409(system: System) ->
         "message": "this rid was submitted before with other items",
         "field": "rid",
     }
-    await system.start_ticker()
+    await system.start_scheduler()
     await system.wait_processed("same")
     # After processing, the identical submission still answers the same task; items recorded once.
     later = await system.submit(body, expect=200)

@@ -48,7 +48,7 @@ def cmd_processor(_: argparse.Namespace) -> int:
 
 def cmd_scheduler(_: argparse.Namespace) -> int:
     from squall.core.lifecycle import run_service
-    from squall.scheduler.ticker import main
+    from squall.scheduler.service import main
 
     run_service("scheduler", load_settings(), main)
     return 0

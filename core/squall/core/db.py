@@ -8,6 +8,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -19,7 +20,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from squall.core.settings import Settings
@@ -117,3 +118,111 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
         # Statements are built per call from text(); asyncpg's own prepared-statement cache does the rest.
         connect_args={"server_settings": {"application_name": "squall"}},
     )
+
+
+# --- scheduler ---------------------------------------------------------------------------------------------
+
+MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
+TICK_OUTCOMES = ("emitted", "held", "skipped", "missed")
+DEPENDENCY_KINDS = ("http", "tcp", "sql", "command")
+DEPENDENCY_STATES = ("unknown", "up", "down")
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("processing", Text, nullable=False),
+    Column("interval_seconds", Float),
+    Column("cron", Text),
+    Column("timezone", Text, nullable=False, server_default="UTC"),
+    Column("enabled", Boolean, nullable=False, server_default="true"),
+    Column("batch_size", Integer, nullable=False),
+    Column("max_batches_per_tick", Integer, nullable=False, server_default="8"),
+    Column("misfire_policy", Text, nullable=False, server_default="run_once"),
+    Column("catch_up_limit", Integer, nullable=False, server_default="10"),
+    Column("jitter_seconds", Float, nullable=False, server_default="0"),
+    Column("next_due_at", DateTime(timezone=True), nullable=False),
+    Column(
+        "origin", Text, nullable=False, server_default="api", comment="default (from a registration) or api"
+    ),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("(interval_seconds IS NULL) <> (cron IS NULL)", name="schedules_interval_xor_cron"),
+    CheckConstraint("interval_seconds > 0", name="schedules_interval_positive"),
+    CheckConstraint("batch_size >= 1", name="schedules_batch_size"),
+    CheckConstraint("max_batches_per_tick >= 1", name="schedules_max_batches"),
+    CheckConstraint(f"misfire_policy IN {MISFIRE_POLICIES}", name="schedules_misfire_policy"),
+    CheckConstraint("catch_up_limit >= 1", name="schedules_catch_up_limit"),
+    CheckConstraint("jitter_seconds >= 0", name="schedules_jitter"),
+    CheckConstraint("origin IN ('default', 'api')", name="schedules_origin"),
+)
+
+schedule_ticks = Table(
+    "schedule_ticks",
+    metadata,
+    Column("schedule", Text, ForeignKey("schedules.name", ondelete="CASCADE"), nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("tasks", Integer, nullable=False, server_default="0"),
+    Column("detail", Text),
+    Column("leader_epoch", BigInteger, nullable=False),
+    Column("emitted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("schedule", "due_at", name="schedule_ticks_pkey"),
+    CheckConstraint(f"outcome IN {TICK_OUTCOMES}", name="schedule_ticks_outcome"),
+    Index("schedule_ticks_emitted_at", "emitted_at"),
+)
+
+scheduler_leader = Table(
+    "scheduler_leader",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("holder", Text),
+    Column("epoch", BigInteger, nullable=False, server_default="0"),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("acquired_at", DateTime(timezone=True)),
+    CheckConstraint("id = 1", name="scheduler_leader_single_row"),
+    comment="The leadership lease: one row; the epoch grows at every change of leader (a fencing token).",
+)
+
+scheduler_instances = Table(
+    "scheduler_instances",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+)
+
+dependencies = Table(
+    "dependencies",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("interval_seconds", Float, nullable=False, server_default="10"),
+    Column("timeout_seconds", Float, nullable=False, server_default="5"),
+    Column("failure_threshold", Integer, nullable=False, server_default="1"),
+    Column("recovery_threshold", Integer, nullable=False, server_default="1"),
+    Column("state", Text, nullable=False, server_default="unknown"),
+    Column("since", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_error", Text),
+    Column("last_checked_at", DateTime(timezone=True)),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("consecutive_successes", Integer, nullable=False, server_default="0"),
+    Column("origin", Text, nullable=False, server_default="api", comment="config (may run commands) or api"),
+    CheckConstraint(f"kind IN {DEPENDENCY_KINDS}", name="dependencies_kind"),
+    CheckConstraint(f"state IN {DEPENDENCY_STATES}", name="dependencies_state"),
+    CheckConstraint("kind <> 'command' OR origin = 'config'", name="dependencies_command_only_from_config"),
+    CheckConstraint("interval_seconds > 0 AND timeout_seconds > 0", name="dependencies_timing"),
+    CheckConstraint("failure_threshold >= 1 AND recovery_threshold >= 1", name="dependencies_thresholds"),
+    CheckConstraint("origin IN ('config', 'api')", name="dependencies_origin"),
+)
+
+processing_settings = Table(
+    "processing_settings",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("paused", Boolean, nullable=False, server_default="false"),
+    Column("dependencies", ARRAY(Text), comment="Overrides the registration's dependencies when set."),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

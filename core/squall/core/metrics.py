@@ -44,3 +44,19 @@ TASK_DURATION = Histogram(
 ITEMS_PROCESSED = Counter("squall_items_processed_total", "Items given a result.", ["processing", "outcome"])
 REDELIVERIES = Counter("squall_task_redeliveries_total", "Messages received more than once.", ["kind"])
 IN_FLIGHT = Gauge("squall_processor_in_flight_tasks", "Messages a processor holds unacked.")
+
+SCHEDULER_TICKS = Counter(
+    "squall_scheduler_ticks_total", "Ticks recorded by the leader.", ["schedule", "outcome"]
+)
+SCHEDULER_IS_LEADER = Gauge("squall_scheduler_is_leader", "1 while this scheduler replica leads.")
+SCHEDULER_TICK_LAG = Histogram(
+    "squall_scheduler_tick_lag_seconds",
+    "Emitted at minus due time of emitted ticks.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+DEPENDENCY_UP = Gauge(
+    "squall_dependency_up", "1 while a dependency is up, 0 while down, -1 while unknown.", ["dependency"]
+)
+PROCESSING_PENDING = Gauge(
+    "squall_processing_pending_items", "Items waiting for a processing (claimable now).", ["processing"]
+)

@@ -56,6 +56,12 @@ class SchedulerSettings(BaseModel):
     default_interval_seconds: float = Field(
         2.0, gt=0, le=86_400, description="Polling interval of a batch processing with none of its own."
     )
+    lease_seconds: float = Field(
+        3.0,
+        ge=1.5,
+        le=60,
+        description="Leadership lease; a dead leader is replaced within this plus one second.",
+    )
 
 
 class NatsSettings(BaseModel):

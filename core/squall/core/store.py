@@ -467,14 +467,236 @@ async def record_poll_task(engine: AsyncEngine, task_id: uuid.UUID, processing: 
 
 async def pending_count(engine: AsyncEngine, processing: str) -> int:
     async with statements(engine) as conn:
-        return int(
-            (
-                await conn.execute(
-                    text(
-                        "SELECT count(*) FROM items WHERE job = :job AND (state = 'pending' "
-                        "OR (state = 'running' AND lease_until < now()))"
-                    ),
-                    {"job": processing},
-                )
-            ).scalar_one()
+        return await claimable_count(conn, processing)
+
+
+# --- scheduler: leadership, instances, schedules, ticks -------------------------------------------------
+
+
+async def renew_leadership(engine: AsyncEngine, me: str, ttl_seconds: float) -> int | None:
+    """Take or keep the leadership lease; the epoch while this instance leads, None otherwise.
+
+    The epoch changes whenever the lease changes hands (or lapses and is taken again): it fences a leader
+    that paused past its lease out of every tick it might still try to fire."""
+    async with statements(engine) as conn:
+        row = (
+            await conn.execute(
+                text(
+                    """
+                    UPDATE scheduler_leader SET
+                        epoch = CASE WHEN holder = :me AND expires_at > now() THEN epoch ELSE epoch + 1 END,
+                        acquired_at = CASE WHEN holder = :me AND expires_at > now() THEN acquired_at
+                                           ELSE now() END,
+                        holder = :me,
+                        expires_at = now() + make_interval(secs => :ttl)
+                    WHERE id = 1 AND (holder = :me OR holder IS NULL OR expires_at <= now())
+                    RETURNING epoch
+                    """
+                ),
+                {"me": me, "ttl": ttl_seconds},
+            )
+        ).first()
+    return int(row.epoch) if row is not None else None
+
+
+async def resign_leadership(engine: AsyncEngine, me: str) -> None:
+    async with statements(engine) as conn:
+        await conn.execute(
+            text("UPDATE scheduler_leader SET expires_at = now() WHERE id = 1 AND holder = :me"), {"me": me}
         )
+
+
+async def heartbeat_instance(engine: AsyncEngine, me: str, host: str, started_at: dt.datetime) -> None:
+    async with statements(engine) as conn:
+        await conn.execute(
+            text(
+                """
+                INSERT INTO scheduler_instances (id, host, started_at, last_seen)
+                VALUES (:id, :host, :started, now())
+                ON CONFLICT (id) DO UPDATE SET last_seen = now()
+                """
+            ),
+            {"id": me, "host": host, "started": started_at},
+        )
+
+
+async def leave_instances(engine: AsyncEngine, me: str) -> None:
+    async with statements(engine) as conn:
+        await conn.execute(text("DELETE FROM scheduler_instances WHERE id = :id"), {"id": me})
+
+
+async def schedulers_view(engine: AsyncEngine, seen_within_seconds: float = 30.0) -> dict[str, Any]:
+    async with statements(engine) as conn:
+        leader = (
+            await conn.execute(
+                text("SELECT holder FROM scheduler_leader WHERE id = 1 AND expires_at > now()")
+            )
+        ).scalar()
+        rows = await conn.execute(
+            text(
+                """
+                SELECT id, host, started_at, last_seen FROM scheduler_instances
+                WHERE last_seen > now() - make_interval(secs => :within) ORDER BY started_at, id
+                """
+            ),
+            {"within": seen_within_seconds},
+        )
+        instances = [
+            {"id": r.id, "host": r.host, "started_at": _iso(r.started_at), "last_seen": _iso(r.last_seen)}
+            for r in rows
+        ]
+    return {"leader": leader, "instances": instances}
+
+
+async def prune(engine: AsyncEngine, keep_ticks_days: float, forget_instances_seconds: float) -> None:
+    async with statements(engine) as conn:
+        await conn.execute(
+            text("DELETE FROM schedule_ticks WHERE emitted_at < now() - make_interval(days => :d)"),
+            {"d": int(keep_ticks_days)},
+        )
+        await conn.execute(
+            text("DELETE FROM scheduler_instances WHERE last_seen < now() - make_interval(secs => :s)"),
+            {"s": forget_instances_seconds},
+        )
+
+
+async def ensure_default_schedule(
+    engine: AsyncEngine, processing: str, interval_seconds: float, batch_size: int
+) -> None:
+    """Every batch processing gets a schedule named after it, unless one exists already."""
+    async with statements(engine) as conn:
+        await conn.execute(
+            text(
+                """
+                INSERT INTO schedules (name, processing, interval_seconds, batch_size, next_due_at, origin)
+                VALUES (:name, :name, :interval, :batch, now() + make_interval(secs => :interval), 'default')
+                ON CONFLICT (name) DO NOTHING
+                """
+            ),
+            {"name": processing, "interval": interval_seconds, "batch": batch_size},
+        )
+
+
+async def due_schedules(engine: AsyncEngine) -> list[tuple[str, dt.datetime, float]]:
+    """(name, next due time, jitter) of enabled schedules, soonest first."""
+    async with statements(engine) as conn:
+        rows = await conn.execute(
+            text("SELECT name, next_due_at, jitter_seconds FROM schedules WHERE enabled ORDER BY next_due_at")
+        )
+        return [(r.name, r.next_due_at, r.jitter_seconds) for r in rows]
+
+
+async def lock_schedule(conn: AsyncConnection, name: str) -> Any:
+    """The schedule row, locked for this transaction (None if deleted or disabled meanwhile)."""
+    return (
+        await conn.execute(
+            text("SELECT *, now() AS db_now FROM schedules WHERE name = :n AND enabled FOR UPDATE"),
+            {"n": name},
+        )
+    ).first()
+
+
+async def still_leader(conn: AsyncConnection, me: str, epoch: int) -> bool:
+    row = (
+        await conn.execute(
+            text(
+                "SELECT 1 FROM scheduler_leader WHERE id = 1 AND holder = :me AND epoch = :epoch "
+                "AND expires_at > now() FOR SHARE"
+            ),
+            {"me": me, "epoch": epoch},
+        )
+    ).first()
+    return row is not None
+
+
+async def gate(conn: AsyncConnection, processing: str, registered: Sequence[str]) -> str | None:
+    """Why a processing's work must wait (paused, or a needed dependency down), or None to go ahead."""
+    row = (
+        await conn.execute(
+            text(
+                """
+                SELECT coalesce(ps.paused, false) AS paused,
+                       (SELECT array_agg(d.name ORDER BY d.name) FROM dependencies d
+                        WHERE d.state = 'down'
+                          AND d.name = ANY(coalesce(ps.dependencies, CAST(:registered AS text[])))) AS down
+                FROM (SELECT 1) AS one
+                LEFT JOIN processing_settings ps ON ps.name = :p
+                """
+            ),
+            {"p": processing, "registered": list(registered)},
+        )
+    ).one()
+    if row.paused:
+        return "paused"
+    if row.down:
+        return "dependency down: " + ", ".join(row.down)
+    return None
+
+
+async def record_ticks(
+    conn: AsyncConnection,
+    schedule: str,
+    epoch: int,
+    ticks: Sequence[tuple[dt.datetime, str, int, str | None]],
+) -> set[dt.datetime]:
+    """Record (due time, outcome, tasks, detail) rows; answers the due times newly recorded (once ever)."""
+    if not ticks:
+        return set()
+    rows = await conn.execute(
+        text(
+            """
+            INSERT INTO schedule_ticks (schedule, due_at, outcome, tasks, detail, leader_epoch)
+            SELECT :s, d, o, n, x, :epoch
+            FROM unnest(CAST(:d AS timestamptz[]), CAST(:o AS text[]), CAST(:n AS int[]), CAST(:x AS text[]))
+                 AS v(d, o, n, x)
+            ON CONFLICT (schedule, due_at) DO NOTHING
+            RETURNING due_at
+            """
+        ),
+        {
+            "s": schedule,
+            "epoch": epoch,
+            "d": [t[0] for t in ticks],
+            "o": [t[1] for t in ticks],
+            "n": [t[2] for t in ticks],
+            "x": [t[3] for t in ticks],
+        },
+    )
+    return {r.due_at for r in rows}
+
+
+async def advance_schedule(conn: AsyncConnection, name: str, next_due: dt.datetime) -> None:
+    await conn.execute(
+        text("UPDATE schedules SET next_due_at = :d WHERE name = :n"), {"d": next_due, "n": name}
+    )
+
+
+async def record_poll_tasks(conn: AsyncConnection, tasks: Sequence[tuple[uuid.UUID, str, int]]) -> None:
+    """Queued poll tasks (id, processing, batch size), recorded with the tick that emits them."""
+    if not tasks:
+        return
+    await conn.execute(
+        text(
+            """
+            INSERT INTO tasks (id, kind, processing, batch_size)
+            SELECT i, 'poll', p, b
+            FROM unnest(CAST(:i AS uuid[]), CAST(:p AS text[]), CAST(:b AS int[])) AS v(i, p, b)
+            ON CONFLICT (id) DO NOTHING
+            """
+        ),
+        {"i": [t[0] for t in tasks], "p": [t[1] for t in tasks], "b": [t[2] for t in tasks]},
+    )
+
+
+async def claimable_count(conn: AsyncConnection, processing: str) -> int:
+    return int(
+        (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM items WHERE job = :job AND (state = 'pending' "
+                    "OR (state = 'running' AND lease_until < now()))"
+                ),
+                {"job": processing},
+            )
+        ).scalar_one()
+    )

@@ -1,0 +1,363 @@
+"""Health checks of dependencies (the external systems a processing needs), and the up/down state machine.
+
+A dependency has a kind and a target:
+
+- ``http``: an ``http://`` or ``https://`` URL; a GET answered 2xx is up (redirects are not followed).
+- ``tcp``: ``host:port`` (``[::1]:port`` for IPv6); up if a connection opens.
+- ``sql``: a PostgreSQL DSN (``postgresql://``, ``postgres://`` or ``postgresql+asyncpg://``); up if
+  ``SELECT 1`` answers.
+- ``command``: a command line, split like a shell would but run without one, with a clean environment;
+  up if it exits 0. On timeout, or when it exits leaving processes behind, its process group is killed.
+
+:func:`check` never raises for a failing target: it answers a :class:`CheckResult` whose error is short and
+holds no password. Only an unknown kind or a malformed target raise ``ValueError``, which
+:func:`validate_target` also raises without touching the network (the API answers 422 with it).
+
+:func:`advance` is the pure state machine turning a stream of outcomes into ``unknown``/``up``/``down``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import math
+import os
+import shlex
+import signal
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.simple_httpclient import HTTPTimeoutError
+
+from squall.core.settings import redact_url
+
+KINDS = ("http", "tcp", "sql", "command")
+STATES = ("unknown", "up", "down")
+SQL_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+
+# Only these variables reach a check command: no credentials or settings of Squall leak into it.
+_COMMAND_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
+# The tail of a failing command's output (stdout and stderr together) kept for its error, in bytes.
+COMMAND_OUTPUT_LIMIT = 4096
+# How long a command that exited may keep its output open (a process it left behind) before its group dies.
+_COMMAND_OUTPUT_GRACE_SECONDS = 0.2
+# How long to wait, after killing a command's group, for its output to close.
+_COMMAND_REAP_SECONDS = 1.0
+# Errors of the other kinds are cut to this many characters.
+_ERROR_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    # Short and human-readable, without passwords; None when ok.
+    error: str | None
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class DependencyState:
+    state: str = "unknown"  # "unknown" | "up" | "down"
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.state not in STATES:
+            raise ValueError(f"dependency state must be one of {', '.join(STATES)}, not {self.state!r}")
+        if self.consecutive_failures < 0 or self.consecutive_successes < 0:
+            raise ValueError("consecutive counts cannot be negative")
+
+
+def advance(
+    current: DependencyState, ok: bool, failure_threshold: int, recovery_threshold: int
+) -> DependencyState:
+    """The state after one more check outcome.
+
+    An outcome resets the count of the opposite one. ``unknown`` turns ``up`` on its first success and
+    ``down`` once failures reach ``failure_threshold``; ``up`` turns ``down`` once failures reach
+    ``failure_threshold``; ``down`` turns ``up`` once successes reach ``recovery_threshold``.
+    """
+    if failure_threshold < 1 or recovery_threshold < 1:
+        raise ValueError("failure_threshold and recovery_threshold must be at least 1")
+    state = current.state
+    if ok:
+        successes = current.consecutive_successes + 1
+        if state == "unknown" or (state == "down" and successes >= recovery_threshold):
+            state = "up"
+        return DependencyState(state, consecutive_failures=0, consecutive_successes=successes)
+    failures = current.consecutive_failures + 1
+    if failures >= failure_threshold:
+        state = "down"
+    return DependencyState(state, consecutive_failures=failures, consecutive_successes=0)
+
+
+# --- validation ------------------------------------------------------------------------------------------
+
+
+def validate_target(kind: str, target: str) -> None:
+    """Raise ValueError (a message fit for a 422, without the password) unless ``target`` suits ``kind``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown dependency kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if not isinstance(target, str) or not target.strip():
+        raise ValueError(f"a {kind} dependency needs a non-empty target")
+    if "\x00" in target:
+        raise ValueError("the target contains a NUL character")
+    if kind == "http":
+        _validate_http(target)
+    elif kind == "tcp":
+        _split_host_port(target)
+    elif kind == "sql":
+        _validate_sql(target)
+    else:
+        _split_command(target)
+
+
+def _validate_http(target: str) -> None:
+    try:
+        parts = urlsplit(target)
+        parts.port  # noqa: B018 - raises ValueError when the port is not a number in range
+    except ValueError:
+        raise ValueError(f"http target {redact_url(target)!r} is not a valid URL") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"http target {redact_url(target)!r} must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError(f"http target {redact_url(target)!r} names no host")
+    if any(c.isspace() for c in target):
+        raise ValueError(f"http target {redact_url(target)!r} contains white space")
+
+
+def _split_host_port(target: str) -> tuple[str, int]:
+    host, colon, port_text = target.rpartition(":")
+    if not colon or not host:
+        raise ValueError(f"tcp target {target!r} must be host:port (or [ipv6]:port)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"tcp target {target!r}: {host!r} is not an IPv6 address") from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"tcp target {target!r}: write an IPv6 address in brackets, as [::1]:5432")
+    if not host or any(c.isspace() or c == "/" for c in host):
+        raise ValueError(f"tcp target {target!r} names no valid host")
+    _check_port(port_text, f"tcp target {target!r}")
+    return host, int(port_text)
+
+
+def _check_port(text: str, where: str) -> None:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise ValueError(f"{where}: port must be a number from 1 to 65535")
+
+
+def _validate_sql(target: str) -> None:
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in SQL_SCHEMES:
+        raise ValueError(
+            f"sql target {redact_url(target)!r} must be a PostgreSQL URL "
+            "(postgresql://, postgres:// or postgresql+asyncpg://)"
+        )
+    # Hosts (several, comma separated, are allowed) sit between the credentials and the path.
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+    for host in netloc.split(","):
+        if host.startswith("["):
+            _, bracket, after = host[1:].partition("]")
+            if not bracket:
+                raise ValueError(f"sql target {redact_url(target)!r}: unclosed bracket in the host")
+            if after:
+                if not after.startswith(":"):
+                    raise ValueError(f"sql target {redact_url(target)!r}: malformed host {host!r}")
+                _check_port(after[1:], f"sql target {redact_url(target)!r}")
+        elif ":" in host:
+            _check_port(host.rsplit(":", 1)[1], f"sql target {redact_url(target)!r}")
+
+
+def _split_command(target: str) -> list[str]:
+    try:
+        argv = shlex.split(target)
+    except ValueError as exc:
+        raise ValueError(f"command target is not a valid command line: {exc}") from None
+    if not argv:
+        raise ValueError("command target is empty")
+    return argv
+
+
+# --- checks ----------------------------------------------------------------------------------------------
+
+
+async def check(kind: str, target: str, timeout_seconds: float) -> CheckResult:
+    """Check a dependency within ``timeout_seconds``; raises only ValueError (bad kind, target, timeout)."""
+    validate_target(kind, target)
+    if not (math.isfinite(timeout_seconds) and timeout_seconds > 0):
+        raise ValueError("timeout_seconds must be a positive number")
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            if kind == "http":
+                error = await _check_http(target, timeout_seconds)
+            elif kind == "tcp":
+                error = await _check_tcp(target)
+            elif kind == "sql":
+                error = await _check_sql(target, timeout_seconds)
+            else:
+                error = await _check_command(target)
+    except TimeoutError:
+        error = f"timed out after {timeout_seconds:g}s"
+    except Exception as exc:
+        # Scrubbed before it is cut, so that no part of a password survives at the cut.
+        error = _scrub(_describe(exc), target)[:_ERROR_LIMIT]
+    duration = time.monotonic() - started
+    if error is None:
+        return CheckResult(ok=True, error=None, duration_seconds=duration)
+    return CheckResult(ok=False, error=_scrub(error, target), duration_seconds=duration)
+
+
+async def _check_http(target: str, timeout_seconds: float) -> str | None:
+    # A client of our own: the shared one's queue (max_clients) must not delay or be filled by checks.
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        request = HTTPRequest(
+            target,
+            method="GET",
+            follow_redirects=False,
+            connect_timeout=timeout_seconds,
+            request_timeout=timeout_seconds,
+            streaming_callback=lambda chunk: None,  # the body does not matter: never hold it in memory
+        )
+        try:
+            response = await client.fetch(request, raise_error=False)
+        except HTTPClientError as exc:
+            if isinstance(exc, HTTPTimeoutError) or (exc.code == 599 and "timeout" in str(exc).lower()):
+                raise TimeoutError from None
+            if exc.code == 599:  # tornado's code for a closed stream or another failure without an answer
+                return f"no HTTP answer ({exc.message})"
+            return f"HTTP {exc.code}"
+    finally:
+        client.close()
+    if 200 <= response.code < 300:
+        return None
+    return f"HTTP {response.code}"
+
+
+async def _check_tcp(target: str) -> str | None:
+    host, port = _split_host_port(target)
+    _, writer = await asyncio.open_connection(host, port)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
+
+
+async def _check_sql(target: str, timeout_seconds: float) -> str | None:
+    scheme, rest = target.split("://", 1)
+    dsn = ("postgresql" if scheme.lower() == "postgresql+asyncpg" else scheme) + "://" + rest
+    conn = await asyncpg.connect(dsn, timeout=timeout_seconds)
+    try:
+        await conn.fetchval("SELECT 1")
+        await conn.close()
+    except BaseException:
+        conn.terminate()  # close() would wait on the network that just failed or ran out of time
+        raise
+    return None
+
+
+async def _check_command(target: str) -> str | None:
+    argv = _split_command(target)
+    env = {key: os.environ[key] for key in _COMMAND_ENV_KEEP if key in os.environ}
+    loop = asyncio.get_running_loop()
+    try:
+        # The protocol API, not asyncio.subprocess: Process.wait() also waits for the output to close,
+        # which a process the command left behind can hold open for as long as it likes.
+        transport, protocol = await loop.subprocess_exec(
+            _CommandProtocol,
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return f"cannot run {argv[0]!r}: {exc.strerror or exc}"
+    try:
+        await protocol.exited.wait()
+        # Output still open after the exit: a process the command left behind holds it. Wait a moment only.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(protocol.output_closed.wait(), _COMMAND_OUTPUT_GRACE_SECONDS)
+    finally:
+        # On timeout or cancellation this ends the command; after an exit, whatever it left behind.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(transport.get_pid(), signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(protocol.exited.wait(), _COMMAND_REAP_SECONDS)
+        transport.close()  # our end of the output, even if a process that left the group still holds it
+    code = transport.get_returncode()
+    if code == 0:
+        return None
+    text = protocol.output.decode(errors="replace").strip()
+    if code is not None and code < 0:
+        try:
+            head = f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            head = f"killed by signal {-code}"
+    else:
+        head = f"exit code {code}"
+    return f"{head}: {text}" if text else head
+
+
+class _CommandProtocol(asyncio.SubprocessProtocol):
+    """Keeps the last COMMAND_OUTPUT_LIMIT bytes of a command's output; tells its exit and end of output."""
+
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.exited = asyncio.Event()
+        self.output_closed = asyncio.Event()
+
+    def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
+        self.output += data
+        if len(self.output) > COMMAND_OUTPUT_LIMIT:
+            del self.output[:-COMMAND_OUTPUT_LIMIT]
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self.output_closed.set()
+
+    def process_exited(self) -> None:
+        self.exited.set()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host: {exc.strerror or exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _scrub(error: str, target: str) -> str:
+    """The error without any password the target holds (a URL's, or one in a URL of a command line)."""
+    for secret in _passwords(target):
+        error = error.replace(secret, "***")
+    return error
+
+
+def _passwords(target: str) -> list[str]:
+    found: set[str] = set()
+    for word in [target, *target.split()]:
+        if "://" not in word or "@" not in word:
+            continue
+        credentials = word.split("://", 1)[1].rsplit("@", 1)[0]
+        _, colon, password = credentials.partition(":")
+        if colon and password:
+            found.update({password, unquote(password)})
+    # Longest first, so that a password containing another is replaced whole.
+    return sorted((s for s in found if s), key=len, reverse=True)
