@@ -22,7 +22,7 @@ import tornado.netutil
 import tornado.web
 
 from squall.scheduler import checks
-from squall.scheduler.checks import (
+from squall.core.checks import (
     COMMAND_OUTPUT_LIMIT,
     CheckResult,
     DependencyState,
