@@ -21,7 +21,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from squall.scheduler import checks
+from squall.core import checks
 from squall.core.checks import (
     COMMAND_OUTPUT_LIMIT,
     CheckResult,

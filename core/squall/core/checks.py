@@ -29,12 +29,15 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.simple_httpclient import HTTPTimeoutError
 
+from squall.core import metrics, store
 from squall.core.settings import redact_url
 
 KINDS = ("http", "tcp", "sql", "command")
@@ -361,3 +364,26 @@ def _passwords(target: str) -> list[str]:
             found.update({password, unquote(password)})
     # Longest first, so that a password containing another is replaced whole.
     return sorted((s for s in found if s), key=len, reverse=True)
+
+
+async def check_and_record(engine: AsyncEngine, dependency: dict[str, Any]) -> CheckResult:
+    """Run one dependency's check now, advance its state and store it (the leader, or check-now)."""
+    result = await check(dependency["kind"], dependency["target"], dependency["timeout_seconds"])
+    state = advance(
+        DependencyState(
+            dependency["state"], dependency["consecutive_failures"], dependency["consecutive_successes"]
+        ),
+        result.ok,
+        dependency["failure_threshold"],
+        dependency["recovery_threshold"],
+    )
+    await store.record_check(
+        engine,
+        dependency["name"],
+        state.state,
+        state.consecutive_failures,
+        state.consecutive_successes,
+        result.error,
+    )
+    metrics.DEPENDENCY_UP.labels(dependency["name"]).set({"up": 1, "down": 0}.get(state.state, -1))
+    return result

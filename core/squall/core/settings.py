@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
@@ -87,6 +87,26 @@ class ProcessingOverride(BaseModel):
     interval_seconds: float | None = Field(None, gt=0, le=86_400)
 
 
+class DependencyConfig(BaseModel):
+    """A dependency from configuration (``SQUALL_DEPENDENCIES__<NAME>__KIND`` …): may be a command."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["http", "tcp", "sql", "command"]
+    target: str = Field(min_length=1, max_length=2000)
+    interval_seconds: float = Field(10.0, gt=0, le=86_400)
+    timeout_seconds: float = Field(5.0, gt=0, le=3600)
+    failure_threshold: int = Field(1, ge=1, le=1000)
+    recovery_threshold: int = Field(1, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _target(self) -> DependencyConfig:
+        from squall.core.checks import validate_target  # here: checks imports this module
+
+        validate_target(self.kind, self.target)
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SQUALL_", env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -106,6 +126,10 @@ class Settings(BaseSettings):
         "comma separated, or a JSON list.",
     )
     processings: dict[str, ProcessingOverride] = Field(default_factory=dict)
+    dependencies: dict[str, DependencyConfig] = Field(
+        default_factory=dict,
+        description="Dependencies defined by the operator (the only ones that may be commands).",
+    )
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)  # type: ignore[arg-type]
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)  # type: ignore[arg-type]
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)  # type: ignore[arg-type]
@@ -138,7 +162,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
-    @field_validator("processings", mode="before")
+    @field_validator("processings", "dependencies", mode="before")
     @classmethod
     def _lower_names(cls, value: object) -> object:
         # Environment variable names arrive upper-cased on some platforms; processing names are lower case.

@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from squall.core.events import Item, RequestSubmitted
+from squall.core.settings import redact_url
 
 
 def items_hash(items: Sequence[Item]) -> bytes:
@@ -700,3 +701,260 @@ async def claimable_count(conn: AsyncConnection, processing: str) -> int:
             )
         ).scalar_one()
     )
+
+
+# --- operator API: schedules ---------------------------------------------------------------------------
+
+_SCHEDULE_COLUMNS = (
+    "name, processing, interval_seconds, cron, timezone, enabled, batch_size, max_batches_per_tick, "
+    "misfire_policy, catch_up_limit, jitter_seconds, next_due_at, origin, created_at, updated_at"
+)
+
+
+def _schedule(row: Any) -> dict[str, Any]:
+    schedule = dict(row._mapping)
+    for key in ("next_due_at", "created_at", "updated_at"):
+        schedule[key] = _iso(schedule[key])
+    return schedule
+
+
+async def list_schedules(engine: AsyncEngine) -> list[dict[str, Any]]:
+    async with statements(engine) as conn:
+        rows = await conn.execute(text(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY name"))
+        return [_schedule(r) for r in rows]
+
+
+async def get_schedule(engine: AsyncEngine, name: str, ticks: int = 20) -> dict[str, Any] | None:
+    async with statements(engine) as conn:
+        row = (
+            await conn.execute(
+                text(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE name = :n"), {"n": name}
+            )
+        ).first()
+        if row is None:
+            return None
+        recent = await conn.execute(
+            text(
+                "SELECT due_at, outcome, tasks, detail, emitted_at FROM schedule_ticks WHERE schedule = :n "
+                "ORDER BY due_at DESC LIMIT :limit"
+            ),
+            {"n": name, "limit": ticks},
+        )
+        schedule = _schedule(row)
+        schedule["recent_ticks"] = [
+            {
+                "due_at": _iso(t.due_at),
+                "outcome": t.outcome,
+                "tasks": t.tasks,
+                "detail": t.detail,
+                "emitted_at": _iso(t.emitted_at),
+            }
+            for t in recent
+        ]
+        return schedule
+
+
+async def create_schedule(engine: AsyncEngine, values: dict[str, Any], first_due: dt.datetime) -> bool:
+    """False if a schedule of that name exists."""
+    columns = [*values, "next_due_at"]
+    names, placeholders = ", ".join(columns), ", ".join(":" + c for c in columns)
+    async with statements(engine) as conn:
+        row = (
+            await conn.execute(
+                text(
+                    f"INSERT INTO schedules ({names}) VALUES ({placeholders}) "
+                    "ON CONFLICT (name) DO NOTHING RETURNING name"
+                ),
+                {**values, "next_due_at": first_due},
+            )
+        ).first()
+    return row is not None
+
+
+async def update_schedule(
+    engine: AsyncEngine, name: str, changes: dict[str, Any], next_due: dt.datetime | None
+) -> bool:
+    """Apply changes (the keys are validated field names); False if there is no such schedule."""
+    if next_due is not None:
+        changes = {**changes, "next_due_at": next_due}
+    assignments = ", ".join(f"{column} = :{column}" for column in changes)
+    async with statements(engine) as conn:
+        row = (
+            await conn.execute(
+                text(
+                    f"UPDATE schedules SET {assignments + ', ' if assignments else ''}updated_at = now() "
+                    "WHERE name = :name RETURNING name"
+                ),
+                {**changes, "name": name},
+            )
+        ).first()
+    return row is not None
+
+
+async def delete_schedule(engine: AsyncEngine, name: str) -> bool:
+    async with statements(engine) as conn:
+        row = (
+            await conn.execute(text("DELETE FROM schedules WHERE name = :n RETURNING name"), {"n": name})
+        ).first()
+    return row is not None
+
+
+async def run_schedule_now(engine: AsyncEngine, name: str) -> dt.datetime | None:
+    """Make the schedule due now (the leader fires it at once); its next due time, or None if unknown."""
+    async with statements(engine) as conn:
+        return (
+            await conn.execute(
+                text("UPDATE schedules SET next_due_at = now() WHERE name = :n RETURNING next_due_at"),
+                {"n": name},
+            )
+        ).scalar()
+
+
+# --- operator API: processings and dependencies --------------------------------------------------------
+
+
+async def processing_settings(engine: AsyncEngine) -> dict[str, tuple[bool, list[str] | None]]:
+    """(paused, dependencies override) by processing name."""
+    async with statements(engine) as conn:
+        rows = await conn.execute(text("SELECT name, paused, dependencies FROM processing_settings"))
+        return {r.name: (r.paused, r.dependencies) for r in rows}
+
+
+async def claimable_counts(engine: AsyncEngine) -> dict[str, int]:
+    async with statements(engine) as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT job, count(*) AS n FROM items WHERE state = 'pending' "
+                "OR (state = 'running' AND lease_until < now()) GROUP BY job"
+            )
+        )
+        return {r.job: int(r.n) for r in rows}
+
+
+async def patch_processing(
+    engine: AsyncEngine, name: str, paused: bool | None, deps: list[str] | None
+) -> None:
+    async with statements(engine) as conn:
+        await conn.execute(
+            text(
+                """
+                INSERT INTO processing_settings (name, paused, dependencies)
+                VALUES (:n, coalesce(:paused, false), CAST(:deps AS text[]))
+                ON CONFLICT (name) DO UPDATE SET
+                    paused = coalesce(:paused, processing_settings.paused),
+                    dependencies = CASE WHEN :set_deps THEN CAST(:deps AS text[])
+                                        ELSE processing_settings.dependencies END,
+                    updated_at = now()
+                """
+            ),
+            {"n": name, "paused": paused, "deps": deps, "set_deps": deps is not None},
+        )
+
+
+_DEPENDENCY_COLUMNS = (
+    "name, kind, target, interval_seconds, timeout_seconds, failure_threshold, recovery_threshold, state, "
+    "since, last_error, last_checked_at, consecutive_failures, consecutive_successes, origin"
+)
+
+
+def _dependency(row: Any) -> dict[str, Any]:
+    dependency = dict(row._mapping)
+    if dependency["kind"] in ("http", "sql"):
+        dependency["target"] = redact_url(dependency["target"])
+    for key in ("since", "last_checked_at"):
+        dependency[key] = _iso(dependency[key])
+    return dependency
+
+
+async def list_dependencies(engine: AsyncEngine) -> list[dict[str, Any]]:
+    async with statements(engine) as conn:
+        rows = await conn.execute(text(f"SELECT {_DEPENDENCY_COLUMNS} FROM dependencies ORDER BY name"))
+        return [_dependency(r) for r in rows]
+
+
+async def get_dependency(engine: AsyncEngine, name: str, raw: bool = False) -> dict[str, Any] | None:
+    async with statements(engine) as conn:
+        row = (
+            await conn.execute(
+                text(f"SELECT {_DEPENDENCY_COLUMNS} FROM dependencies WHERE name = :n"), {"n": name}
+            )
+        ).first()
+    if row is None:
+        return None
+    return dict(row._mapping) if raw else _dependency(row)
+
+
+async def put_dependency(engine: AsyncEngine, name: str, values: dict[str, Any], origin: str) -> str:
+    """Create or replace; answers "created", "replaced" or "refused" (an API call on a configured one)."""
+    async with statements(engine) as conn:
+        row = (
+            await conn.execute(
+                text(
+                    """
+                    INSERT INTO dependencies (name, kind, target, interval_seconds, timeout_seconds,
+                                              failure_threshold, recovery_threshold, origin)
+                    VALUES (:name, :kind, :target, :interval_seconds, :timeout_seconds,
+                            :failure_threshold, :recovery_threshold, :origin)
+                    ON CONFLICT (name) DO UPDATE SET
+                        kind = excluded.kind, target = excluded.target,
+                        interval_seconds = excluded.interval_seconds,
+                        timeout_seconds = excluded.timeout_seconds,
+                        failure_threshold = excluded.failure_threshold,
+                        recovery_threshold = excluded.recovery_threshold,
+                        state = CASE
+                            WHEN (dependencies.kind, dependencies.target) = (excluded.kind, excluded.target)
+                            THEN dependencies.state ELSE 'unknown' END
+                    WHERE dependencies.origin = :origin
+                    RETURNING (xmax = 0) AS created
+                    """
+                ),
+                {**values, "name": name, "origin": origin},
+            )
+        ).first()
+    if row is None:
+        return "refused"
+    return "created" if row.created else "replaced"
+
+
+async def delete_dependency(engine: AsyncEngine, name: str) -> str:
+    """ "deleted", "missing" or "refused" (configured dependencies are removed from configuration)."""
+    async with statements(engine) as conn:
+        row = (
+            await conn.execute(text("SELECT origin FROM dependencies WHERE name = :n"), {"n": name})
+        ).first()
+        if row is None:
+            return "missing"
+        if row.origin != "api":
+            return "refused"
+        await conn.execute(text("DELETE FROM dependencies WHERE name = :n AND origin = 'api'"), {"n": name})
+    return "deleted"
+
+
+async def dependencies_due(engine: AsyncEngine) -> list[dict[str, Any]]:
+    async with statements(engine) as conn:
+        rows = await conn.execute(
+            text(
+                f"SELECT {_DEPENDENCY_COLUMNS} FROM dependencies WHERE last_checked_at IS NULL "
+                "OR last_checked_at + make_interval(secs => interval_seconds) <= now()"
+            )
+        )
+        return [dict(r._mapping) for r in rows]
+
+
+async def record_check(
+    engine: AsyncEngine, name: str, state: str, failures: int, successes: int, error: str | None
+) -> None:
+    async with statements(engine) as conn:
+        await conn.execute(
+            text(
+                """
+                UPDATE dependencies SET
+                    since = CASE WHEN state <> :state THEN now() ELSE since END,
+                    state = :state, consecutive_failures = :f, consecutive_successes = :s,
+                    last_error = coalesce(:error, CASE WHEN :state = 'up' THEN NULL ELSE last_error END),
+                    last_checked_at = now()
+                WHERE name = :n
+                """
+            ),
+            {"n": name, "state": state, "f": failures, "s": successes, "error": error},
+        )

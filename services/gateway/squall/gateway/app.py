@@ -22,12 +22,13 @@ from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from squall.core import events, metrics, store
-from squall.core.http import ApiError, JsonHandler, NotFoundHandler, ops_routes
+from squall.core.http import ApiError, NotFoundHandler, ops_routes
 from squall.core.lifecycle import open_resources
 from squall.core.processings import Registry
 from squall.core.readiness import dependency_problems
 from squall.core.settings import Settings
-from squall.gateway import validation
+from squall.gateway import admin, validation
+from squall.gateway.base import BaseHandler, record_request
 from squall.gateway.openapi import openapi_spec
 
 log = logging.getLogger("squall.gateway")
@@ -52,6 +53,7 @@ class GatewayApp(tornado.web.Application):
                 (r"/v1/tasks/([^/]+)", TaskHandler),
                 (r"/v1/openapi\.json", OpenApiHandler),
                 (r"/number_request", LegacyHandler),
+                *admin.ROUTES,
                 *ops_routes(self.problems),
             ],
             default_handler_class=NotFoundHandler,
@@ -88,43 +90,6 @@ class GatewayApp(tornado.web.Application):
 
 def _unavailable(message: str) -> ApiError:
     return ApiError(503, "unavailable", message, None, {"Retry-After": RETRY_AFTER_SECONDS})
-
-
-def record_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's per-request hook: metrics by route template (never the raw path: it holds ids)."""
-    route = getattr(handler, "route", "unmatched")
-    method = handler.request.method or "?"
-    if method not in _METHODS:
-        method = "other"
-    metrics.HTTP_REQUESTS.labels(route, method, str(handler.get_status())).inc()
-    metrics.HTTP_DURATION.labels(route, method).observe(handler.request.request_time())
-    if handler.get_status() >= 500:
-        log.warning("%s %s answered %d", method, route, handler.get_status())
-
-
-_METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"))
-
-
-class BaseHandler(JsonHandler):
-    """Shared behaviour of every gateway route."""
-
-    application: GatewayApp
-
-    @property
-    def app(self) -> GatewayApp:
-        return self.application
-
-    def read_submission(self, parse: validation.SubmissionParser) -> validation.Submission:
-        """The body as a submission, in the order of the checks: media type, size, JSON, fields."""
-        validation.check_json_content_type(self.request.headers.get("Content-Type"))
-        gw = self.app.squall.gateway
-        if len(self.request.body) > gw.max_body_bytes:
-            raise ApiError(
-                413, "body_too_large", f"the body is larger than {gw.max_body_bytes} bytes", "body"
-            )
-        return parse(
-            validation.parse_json(self.request.body), self.app.registry, gw.max_items, gw.max_rid_length
-        )
 
 
 class SubmitHandler(BaseHandler):

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
+from squall.core import admin
 from squall.core.metrics import VERSION
 from squall.gateway.validation import INT64_MAX, INT64_MIN, MAX_JSON_DEPTH
 
@@ -281,6 +284,8 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
             }
         },
     }
+    schemas.update(_admin_schemas())
+    paths.update(_admin_paths())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -290,4 +295,280 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {"schemas": schemas},
+    }
+
+
+def _admin_schemas() -> dict[str, Any]:
+    models: dict[str, type[BaseModel]] = {
+        "ScheduleCreate": admin.ScheduleCreate,
+        "SchedulePatch": admin.ScheduleFields,
+        "ProcessingPatch": admin.ProcessingPatch,
+        "DependencyPut": admin.DependencyPut,
+    }
+    found = {name: model.model_json_schema() for name, model in models.items()}
+    timestamp = {"type": ["string", "null"], "format": "date-time"}
+    found["Schedule"] = {
+        "type": "object",
+        "required": ["name", "processing", "enabled", "batch_size", "misfire_policy", "next_due_at"],
+        "properties": {
+            "name": {"type": "string"},
+            "processing": {"type": "string"},
+            "interval_seconds": {"type": ["number", "null"]},
+            "cron": {"type": ["string", "null"]},
+            "timezone": {"type": "string"},
+            "enabled": {"type": "boolean"},
+            "batch_size": {"type": "integer"},
+            "max_batches_per_tick": {"type": "integer"},
+            "misfire_policy": {"type": "string", "enum": ["skip", "run_once", "catch_up"]},
+            "catch_up_limit": {"type": "integer"},
+            "jitter_seconds": {"type": "number"},
+            "next_due_at": timestamp,
+            "origin": {"type": "string", "enum": ["default", "api"]},
+            "recent_ticks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "due_at": timestamp,
+                        "outcome": {"type": "string", "enum": ["emitted", "held", "skipped", "missed"]},
+                        "tasks": {"type": "integer"},
+                        "detail": {"type": ["string", "null"]},
+                        "emitted_at": timestamp,
+                    },
+                },
+            },
+        },
+    }
+    found["Schedulers"] = {
+        "type": "object",
+        "required": ["leader", "instances"],
+        "properties": {
+            "leader": {"type": ["string", "null"]},
+            "instances": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "host", "started_at", "last_seen"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "host": {"type": "string"},
+                        "started_at": timestamp,
+                        "last_seen": timestamp,
+                    },
+                },
+            },
+        },
+    }
+    found["Processing"] = {
+        "type": "object",
+        "required": ["name", "mode", "batch_size", "timeout_seconds", "dependencies", "paused", "pending"],
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"type": "string", "enum": ["python", "command"]},
+            "mode": {"type": "string", "enum": ["batch", "immediate"]},
+            "batch_size": {"type": "integer"},
+            "timeout_seconds": {"type": "number"},
+            "max_attempts": {"type": "integer"},
+            "interval_seconds": {"type": ["number", "null"]},
+            "dependencies": {"type": "array", "items": {"type": "string"}},
+            "paused": {"type": "boolean"},
+            "pending": {"type": "integer", "description": "Items claimable now."},
+        },
+    }
+    found["Dependency"] = {
+        "type": "object",
+        "required": ["name", "kind", "target", "state"],
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"type": "string", "enum": ["http", "tcp", "sql", "command"]},
+            "target": {"type": "string", "description": "Passwords are masked."},
+            "interval_seconds": {"type": "number"},
+            "timeout_seconds": {"type": "number"},
+            "failure_threshold": {"type": "integer"},
+            "recovery_threshold": {"type": "integer"},
+            "state": {"type": "string", "enum": ["unknown", "up", "down"]},
+            "since": timestamp,
+            "last_error": {"type": ["string", "null"]},
+            "last_checked_at": timestamp,
+            "consecutive_failures": {"type": "integer"},
+            "consecutive_successes": {"type": "integer"},
+            "origin": {"type": "string", "enum": ["config", "api"]},
+            "result": {
+                "type": "object",
+                "description": "Check-now only.",
+                "properties": {
+                    "ok": {"type": "boolean"},
+                    "error": {"type": ["string", "null"]},
+                    "duration_seconds": {"type": "number"},
+                },
+            },
+        },
+    }
+    return found
+
+
+def _body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _list_of(key: str, item: str) -> dict[str, Any]:
+    return {"type": "object", "required": [key], "properties": {key: {"type": "array", "items": _ref(item)}}}
+
+
+def _name(what: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": f"The {what}'s name.",
+        }
+    ]
+
+
+def _admin_paths() -> dict[str, Any]:
+    deleted = {"204": {"description": "Deleted."}}
+    return {
+        "/v1/schedules": {
+            "get": {
+                "operationId": "listSchedules",
+                "summary": "Every schedule.",
+                "responses": {"200": _json(_list_of("schedules", "Schedule"), "Schedules."), **_errors(503)},
+            },
+            "post": {
+                "operationId": "createSchedule",
+                "summary": "Create a schedule (interval or cron).",
+                "requestBody": _body("ScheduleCreate"),
+                "responses": {
+                    "201": _json(_ref("Schedule"), "Created."),
+                    **_errors(400, 409, 413, 415, 422, 503),
+                },
+            },
+        },
+        "/v1/schedules/{name}": {
+            "get": {
+                "operationId": "getSchedule",
+                "summary": "A schedule and its latest ticks.",
+                "parameters": _name("schedule"),
+                "responses": {"200": _json(_ref("Schedule"), "The schedule."), **_errors(404, 503)},
+            },
+            "patch": {
+                "operationId": "patchSchedule",
+                "summary": "Change a schedule.",
+                "parameters": _name("schedule"),
+                "requestBody": _body("SchedulePatch"),
+                "responses": {
+                    "200": _json(_ref("Schedule"), "Changed."),
+                    **_errors(400, 404, 413, 415, 422, 503),
+                },
+            },
+            "delete": {
+                "operationId": "deleteSchedule",
+                "summary": "Delete a schedule and its tick log.",
+                "parameters": _name("schedule"),
+                "responses": {**deleted, **_errors(404, 503)},
+            },
+        },
+        "/v1/schedules/{name}/run": {
+            "post": {
+                "operationId": "runSchedule",
+                "summary": "Tick now (the leader fires it at once).",
+                "parameters": _name("schedule"),
+                "responses": {
+                    "202": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "schedule": {"type": "string"},
+                                "due_at": {"type": "string", "format": "date-time"},
+                            },
+                        },
+                        "Due now.",
+                    ),
+                    **_errors(404, 503),
+                },
+            },
+        },
+        "/v1/schedulers": {
+            "get": {
+                "operationId": "listSchedulers",
+                "summary": "Scheduler replicas and which one leads.",
+                "responses": {
+                    "200": _json(_ref("Schedulers"), "Replicas seen in the last 30 s."),
+                    **_errors(503),
+                },
+            },
+        },
+        "/v1/processings": {
+            "get": {
+                "operationId": "listProcessings",
+                "summary": "Every registered processing.",
+                "responses": {
+                    "200": _json(_list_of("processings", "Processing"), "Processings."),
+                    **_errors(503),
+                },
+            },
+        },
+        "/v1/processings/{name}": {
+            "get": {
+                "operationId": "getProcessing",
+                "summary": "A processing.",
+                "parameters": _name("processing"),
+                "responses": {"200": _json(_ref("Processing"), "The processing."), **_errors(404, 503)},
+            },
+            "patch": {
+                "operationId": "patchProcessing",
+                "summary": "Pause or resume; set its dependencies.",
+                "parameters": _name("processing"),
+                "requestBody": _body("ProcessingPatch"),
+                "responses": {
+                    "200": _json(_ref("Processing"), "Changed."),
+                    **_errors(400, 404, 413, 415, 422, 503),
+                },
+            },
+        },
+        "/v1/dependencies": {
+            "get": {
+                "operationId": "listDependencies",
+                "summary": "Every dependency and its state.",
+                "responses": {
+                    "200": _json(_list_of("dependencies", "Dependency"), "Dependencies."),
+                    **_errors(503),
+                },
+            },
+        },
+        "/v1/dependencies/{name}": {
+            "get": {
+                "operationId": "getDependency",
+                "summary": "A dependency.",
+                "parameters": _name("dependency"),
+                "responses": {"200": _json(_ref("Dependency"), "The dependency."), **_errors(404, 503)},
+            },
+            "put": {
+                "operationId": "putDependency",
+                "summary": "Create or replace an http, tcp or sql dependency.",
+                "parameters": _name("dependency"),
+                "requestBody": _body("DependencyPut"),
+                "responses": {
+                    "201": _json(_ref("Dependency"), "Created."),
+                    "200": _json(_ref("Dependency"), "Replaced."),
+                    **_errors(400, 409, 413, 415, 422, 503),
+                },
+            },
+            "delete": {
+                "operationId": "deleteDependency",
+                "summary": "Delete a dependency defined by the API.",
+                "parameters": _name("dependency"),
+                "responses": {**deleted, **_errors(404, 409, 503)},
+            },
+        },
+        "/v1/dependencies/{name}/check": {
+            "post": {
+                "operationId": "checkDependency",
+                "summary": "Check now; answers the state and the result.",
+                "parameters": _name("dependency"),
+                "responses": {"200": _json(_ref("Dependency"), "Checked."), **_errors(404, 503)},
+            },
+        },
     }

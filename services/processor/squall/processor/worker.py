@@ -222,6 +222,14 @@ class Processor:
                 )
                 metrics.TASKS.labels("poll", "", "failed").inc()
                 return
+            held = await store.gate(conn, task.processing, proc.dependencies)
+            if held:
+                # Hand the batch back untouched: no item claimed, no attempt counted; the scheduler
+                # emits new ticks once the processing may run again.
+                await store.finish_poll_task(conn, task.task_id, "succeeded", 0, f"handed back: {held}")
+                metrics.TASKS.labels("poll", task.processing, "handed_back").inc()
+                log.info("handed back: %s", held, extra=ctx)
+                return
             claimed = await store.claim_items(
                 conn, task.processing, task.task_id, task.batch_size, self.settings.processor.lease_seconds
             )

@@ -24,7 +24,7 @@ from contextlib import AsyncExitStack
 from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import events, metrics, schedules, store
+from squall.core import checks, events, metrics, schedules, store
 from squall.core.http import start_ops_server
 from squall.core.lifecycle import open_resources
 from squall.core.processings import Registry
@@ -36,6 +36,7 @@ log = logging.getLogger("squall.scheduler")
 RENEW_SECONDS = 1.0
 IDLE_WAKE_SECONDS = 0.5  # the longest the leader sleeps between looks at the schedules
 PRUNE_EVERY_SECONDS = 3600.0
+CHECK_WAKE_SECONDS = 0.25  # how often the leader looks for dependencies due a check
 
 
 class Scheduler:
@@ -61,10 +62,13 @@ class Scheduler:
 
     async def run(self, stop: asyncio.Event) -> None:
         ticker = asyncio.create_task(self._tick_forever(stop))
+        checker = asyncio.create_task(self._check_forever(stop))
         last_prune = 0.0
         try:
             while not stop.is_set():
                 await self._renew()
+                if self.leading:
+                    await self._export_backlog()
                 if self.leading and time.monotonic() - last_prune > PRUNE_EVERY_SECONDS:
                     last_prune = time.monotonic()
                     with contextlib.suppress(Exception):
@@ -73,7 +77,8 @@ class Scheduler:
                     await asyncio.wait_for(stop.wait(), RENEW_SECONDS)
         finally:
             ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
+            checker.cancel()
+            await asyncio.gather(ticker, checker, return_exceptions=True)
             if self.leading:
                 # Hand over at once rather than make the others wait for the lease to lapse.
                 with contextlib.suppress(Exception):
@@ -102,10 +107,36 @@ class Scheduler:
             self.wake.set()
         metrics.SCHEDULER_IS_LEADER.set(1 if self.leading else 0)
 
+    async def _export_backlog(self) -> None:
+        """``squall_processing_pending_items`` from the database: the leader exports it once a second."""
+        try:
+            counts = await store.claimable_counts(self.engine)
+        except Exception as exc:
+            log.warning("reading the backlog failed: %s", exc)
+            return
+        for name in self.registry:
+            metrics.PROCESSING_PENDING.labels(name).set(counts.get(name, 0))
+
     async def _on_leadership(self) -> None:
         for proc in self.registry.of_mode("batch"):
             interval = proc.interval_seconds or self.settings.scheduler.default_interval_seconds
             await store.ensure_default_schedule(self.engine, proc.name, interval, proc.batch_size)
+        for name, config in self.settings.dependencies.items():
+            await store.put_dependency(self.engine, name, config.model_dump(), origin="config")
+
+    # --- dependencies -------------------------------------------------------------------------------------
+
+    async def _check_forever(self, stop: asyncio.Event) -> None:
+        """The leader checks every dependency at its interval (the others only read the shared state)."""
+        while not stop.is_set():
+            if self.leading:
+                try:
+                    due = await store.dependencies_due(self.engine)
+                    await asyncio.gather(*(checks.check_and_record(self.engine, d) for d in due))
+                except Exception as exc:
+                    log.warning("dependency checks failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CHECK_WAKE_SECONDS)
 
     # --- ticks --------------------------------------------------------------------------------------------
 
