@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.integration.harness import System, wait_for
 
@@ -42,6 +43,13 @@ async def test_ticks_emit_for_a_backlog_and_skip_an_empty_one(system: System) ->
     await system.submit({"rid": "t1", "items": [{"number": 2, "job": "mul"}]})
     await system.wait_processed("t1")
     await wait_for(lambda: _has(outcomes, "emitted"), what="an emitted tick")
+    # The scheduler's metrics (this test's replicas share the process registry).
+    assert REGISTRY.get_sample_value("squall_scheduler_is_leader") == 1
+    assert (
+        REGISTRY.get_sample_value("squall_scheduler_ticks_total", {"schedule": "mul", "outcome": "emitted"})
+        or 0
+    ) >= 1
+    assert (REGISTRY.get_sample_value("squall_scheduler_tick_lag_seconds_count") or 0) >= 1
 
 
 async def _has(outcomes: Any, outcome: str) -> bool:
