@@ -485,3 +485,10 @@ def test_reference_that_is_not_a_processing() -> None:
 def test_unknown_module() -> None:
     with pytest.raises(ModuleNotFoundError):
         load_registry(load_settings(processing_modules=["tests.unit.no_such_module"]))
+
+
+def test_dependencies_from_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SQUALL_PROCESSINGS__SUM__DEPENDENCIES", '["sharedfs", "slurm"]')
+    registry = load_registry(load_settings())
+    assert registry["sum"].dependencies == ("sharedfs", "slurm")
+    assert registry["mul"].dependencies == ()

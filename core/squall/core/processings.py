@@ -235,6 +235,8 @@ def load_registry(settings: Settings) -> Registry:
         override = settings.processings.get(proc.name)
         if override is not None:
             changes = {k: v for k, v in override.model_dump().items() if v is not None}
+            if "dependencies" in changes:
+                changes["dependencies"] = tuple(changes["dependencies"])
             proc = dataclasses.replace(proc, **changes)
         overridden.append(proc)
     return Registry(overridden)

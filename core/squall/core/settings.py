@@ -85,6 +85,9 @@ class ProcessingOverride(BaseModel):
     batch_size: int | None = Field(None, ge=1, le=100_000)
     timeout_seconds: float | None = Field(None, gt=0, le=86_400)
     interval_seconds: float | None = Field(None, gt=0, le=86_400)
+    dependencies: list[str] | None = Field(
+        None, description="Dependencies it needs (replaces the registration's)."
+    )
 
 
 class DependencyConfig(BaseModel):
