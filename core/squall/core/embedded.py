@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 PG_OS_USER = "squall-pg"
@@ -34,13 +35,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float, process: subprocess.Popen[bytes] | None = None, banner: bytes = b""
+) -> None:
+    """Wait until ``process`` listens on ``port`` (greeting with ``banner``, when given: proof that the
+    listener is our server and not whoever else took the port)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise EmbeddedError(f"server exited with code {process.returncode} before listening on {port}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            if not banner or sock.recv(len(banner)) == banner:
+                return
         time.sleep(0.05)
     raise EmbeddedError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
@@ -107,7 +113,24 @@ class _Server:
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
+        # A port we picked may be taken by someone else before the server binds it (free_port cannot
+        # reserve it): then the first start tries new ports. Restarts keep theirs (clients know them).
+        self._ports_chosen = port is None
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _start_retrying(self, launch: Callable[[], None], attempts: int = 3) -> None:
+        for attempt in range(attempts):
+            try:
+                launch()
+                break
+            except EmbeddedError:
+                if not self._ports_chosen or attempt == attempts - 1:
+                    raise
+                self._choose_new_ports()
+        self._ports_chosen = False
+
+    def _choose_new_ports(self) -> None:
+        self.port = free_port()
 
     @property
     def pid(self) -> int | None:
@@ -160,7 +183,13 @@ class NatsServer(_Server):
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    def _choose_new_ports(self) -> None:
+        self.port, self.monitor_port = free_port(), free_port()
+
     def start(self, timeout: float = 20.0) -> None:
+        self._start_retrying(lambda: self._launch(timeout))
+
+    def _launch(self, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pid_file = self.data_dir / "nats.pid"
         stop_stale(pid_file, "nats-server")
@@ -181,7 +210,11 @@ class NatsServer(_Server):
             f"squall-{self.port}",
         ]
         self.process = self._popen(argv, self.data_dir / "nats.log")
-        wait_for_port(self.port, timeout, self.process)
+        try:
+            wait_for_port(self.port, timeout, self.process, banner=b"INFO")
+        except EmbeddedError:
+            self.kill()
+            raise
 
 
 class PostgresServer(_Server):
@@ -237,6 +270,9 @@ class PostgresServer(_Server):
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def start(self, timeout: float = 60.0) -> None:
+        self._start_retrying(lambda: self._launch(timeout))
+
+    def _launch(self, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         stop_stale(self._pgdata / "postmaster.pid", "postgres")
         user = self._os_user()

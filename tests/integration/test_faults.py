@@ -1,0 +1,118 @@
+"""Under steady load, restart NATS and PostgreSQL: every accepted request is processed, each item once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from squall.core import migrate
+from squall.core.embedded import NatsServer, PostgresServer
+from tests.integration.harness import System, make_settings, wait_for
+
+
+@pytest.fixture
+async def own_postgres(tmp_path: Path) -> AsyncIterator[PostgresServer]:
+    """A PostgreSQL of this test's own, so it can be restarted without touching the others'."""
+    server = PostgresServer(tmp_path / "pg")
+    server.start()
+    await migrate.upgrade_async(make_settings("nats://127.0.0.1:1", server.url))
+    yield server
+    server.stop()
+
+
+class Load:
+    """Clients submitting requests with their own rids, retrying each (same rid) until it is accepted."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.accepted: dict[str, int] = {}
+        self.refusals = 0
+        self.running = True
+
+    async def client(self, index: int) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=10.0) as http:
+            sequence = 0
+            while self.running:
+                rid = f"c{index}-{sequence}"
+                job = "sum" if sequence % 2 else "mul"
+                body = {"rid": rid, "items": [{"number": sequence * 10 + i, "job": job} for i in range(5)]}
+                while True:
+                    try:
+                        response = await http.post("/v1/requests", json=body)
+                    except httpx.HTTPError:
+                        response = None
+                    if response is not None and response.status_code in (200, 202):
+                        self.accepted[rid] = 5
+                        break
+                    assert response is None or response.status_code == 503, response.text
+                    self.refusals += 1
+                    await asyncio.sleep(0.2)
+                sequence += 1
+                await asyncio.sleep(0.01)
+
+
+@pytest.mark.slow
+async def test_restarts_of_nats_and_postgres_under_load(
+    nats_server: NatsServer | None,
+    own_postgres: PostgresServer,
+    system_factory: Callable[..., Awaitable[System]],
+) -> None:
+    assert nats_server is not None, "this test restarts its own NATS server"
+    settings = make_settings(
+        nats_server.url,
+        own_postgres.url,
+        processings={"sum": {"mode": "immediate"}},
+        gateway={"publish_timeout_seconds": 2.0},
+    )
+    system = await system_factory(settings, processors=2)
+    await system.start_scheduler()
+    load = Load(system.base_url)
+    clients = [asyncio.create_task(load.client(i)) for i in range(8)]
+    recovered: dict[str, float] = {}
+    try:
+        await asyncio.sleep(3)
+        # NATS restarts (its JetStream store survives on disk).
+        nats_server.stop()
+        await asyncio.sleep(2)
+        nats_server.start()
+        mark = (time.monotonic(), len(load.accepted))
+        await wait_for(lambda: _grew(load, mark[1]), timeout=30, what="intake after the NATS restart")
+        recovered["nats"] = time.monotonic() - mark[0]
+        await asyncio.sleep(3)
+        # PostgreSQL restarts.
+        own_postgres.stop()
+        await asyncio.sleep(2)
+        own_postgres.start()
+        mark = (time.monotonic(), len(load.accepted))
+        await wait_for(lambda: _grew(load, mark[1]), timeout=30, what="intake after the PostgreSQL restart")
+        recovered["postgres"] = time.monotonic() - mark[0]
+        await asyncio.sleep(3)
+    finally:
+        load.running = False
+        await asyncio.gather(*clients)
+
+    async def all_processed() -> bool:
+        done = await system.fetchval("SELECT count(*) FROM requests WHERE processed")
+        return bool(done == len(load.accepted))
+
+    await wait_for(all_processed, timeout=90, interval=0.5, what="every accepted request processed")
+    rows = await system.fetch("SELECT rid FROM requests")
+    assert {r["rid"] for r in rows} == set(load.accepted)  # nothing lost, nothing half-written
+    items = await system.fetch("SELECT number, job, state, result FROM items")
+    assert len(items) == 5 * len(load.accepted)
+    for item in items:
+        expected = item["number"] + 2 if item["job"] == "sum" else item["number"] * 2
+        assert item["state"] == "done" and item["result"] == str(expected), dict(item)
+    print(
+        f"\nfaults: {len(load.accepted)} requests accepted, {load.refusals} refusals (503 or no answer, "
+        f"retried), recovery seconds { ({k: round(v, 2) for k, v in recovered.items()}) }"
+    )
+
+
+async def _grew(load: Load, before: int) -> bool:
+    return len(load.accepted) > before + 5
