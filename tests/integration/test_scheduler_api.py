@@ -113,6 +113,12 @@ async def test_create_patch_run_delete(system: System) -> None:
         ({"name": "X Y", "processing": "sum", "interval_seconds": 1}, 422, "invalid_value", "name"),
         ({"name": "x", "processing": "sum", "interval_seconds": 0}, 422, "invalid_value", "interval_seconds"),
         (
+            {"name": "x", "processing": "sum", "interval_seconds": 1e-9},
+            422,
+            "invalid_value",
+            "interval_seconds",
+        ),
+        (
             {"name": "x", "processing": "sum", "interval_seconds": "1"},
             422,
             "invalid_value",

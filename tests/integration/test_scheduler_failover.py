@@ -122,6 +122,15 @@ async def test_leader_killed_repeatedly_every_tick_once(
             replicas.kill(victim)
             kills.append((time.monotonic(), dt.datetime.now(dt.UTC), int(epoch)))
             replicas.start()  # keep three replicas
+        # Let the last failover complete before stopping: a tick fired by a newer epoch than the last kill's.
+        if kills:
+            last_epoch = kills[-1][2]
+
+            async def failed_over() -> bool:
+                newest = await system.fetchval("SELECT max(leader_epoch) FROM schedule_ticks")
+                return bool(newest and newest > last_epoch)
+
+            await wait_for(failed_over, timeout=15, what="the last failover")
     finally:
         feeding = False
         await feeder

@@ -122,3 +122,21 @@ def test_time_zones() -> None:
     schedules.validate_timezone("Europe/Paris")
     with pytest.raises(ValueError, match="time zone"):
         schedules.validate_timezone("Mars/Olympus")
+
+
+def test_a_short_interval_far_behind_costs_bounded_work() -> None:
+    # A year behind at 50 ms: 630 million due times; computed arithmetically, the latest kept.
+    timing = Timing(0.05, None)
+    now = at(365 * 86_400)
+    dues, following = due_times(timing, at(0), now)
+    assert len(dues) == schedules.MAX_DUE_TIMES
+    assert dues[-1] <= now < following == dues[-1] + dt.timedelta(seconds=0.05)
+    assert dues[-1] - dues[0] == dt.timedelta(seconds=0.05) * (schedules.MAX_DUE_TIMES - 1)
+
+
+def test_cron_far_behind_is_walked_in_bounded_steps() -> None:
+    timing = Timing(None, "* * * * *")
+    now = at(30 * 86_400)  # 43,200 minutes behind
+    dues, following = due_times(timing, at(60), now)
+    assert len(dues) == schedules.MAX_DUE_TIMES
+    assert following <= now  # the next firing goes on from there

@@ -203,7 +203,13 @@ def test_missing_number_or_job(missing: str) -> None:
     assert (err.status, err.code, err.field) == (422, "missing_field", f"items[1].{missing}")
 
 
-@pytest.mark.parametrize("number", [True, False, 1.0, 1.5, "1", None, [1], {"n": 1}])
+def test_integral_float_is_an_integer() -> None:
+    # JSON Schema counts 540.0 as an integer; so does the API.
+    sub = submit({"items": [{"number": 540.0, "job": "sum"}]})
+    assert sub.items[0].number == 540 and isinstance(sub.items[0].number, int)
+
+
+@pytest.mark.parametrize("number", [True, False, 1.5, "1", None, [1], {"n": 1}])
 def test_number_of_wrong_type(number: Any) -> None:
     err = error_of(submit, {"items": [{"number": 1, "job": "sum"}, {"number": number, "job": "sum"}]})
     assert (err.status, err.code, err.field) == (422, "invalid_type", "items[1].number")

@@ -16,6 +16,7 @@ SCHEDULE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 DEPENDENCY_NAME = SCHEDULE_NAME
 
 Seconds = Annotated[float, Field(gt=0, le=86_400 * 31)]
+IntervalSeconds = Annotated[float, Field(ge=schedules.MIN_INTERVAL_SECONDS, le=86_400 * 366)]
 
 
 class _Strict(BaseModel):
@@ -25,7 +26,7 @@ class _Strict(BaseModel):
 class ScheduleFields(_Strict):
     """Fields of a schedule that a PATCH may change (all optional)."""
 
-    interval_seconds: Seconds | None = Field(None, description="Every N seconds (or cron).")
+    interval_seconds: IntervalSeconds | None = Field(None, description="Every N seconds (or cron).")
     cron: str | None = Field(None, max_length=200, description="Five-field cron expression (or interval).")
     timezone: str | None = Field(None, max_length=64, description="Time zone of the cron expression.")
     enabled: bool | None = None

@@ -73,6 +73,10 @@ class JsonHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.clear_header("Server")
 
+    def allowed_methods(self) -> list[str]:
+        """The methods this route implements (the ``Allow`` header of a 405)."""
+        return [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if _implements(type(self), m)]
+
     def write_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json_bytes(value))
@@ -105,6 +109,8 @@ class JsonHandler(tornado.web.RequestHandler):
             self.finish(json_bytes(exc.body()))
             return
         code = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "error")
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         if status_code >= 500:
             code, message = "internal", "internal error"
         else:
@@ -113,6 +119,10 @@ class JsonHandler(tornado.web.RequestHandler):
             )
         self.set_header("Content-Type", "application/json")
         self.finish(json_bytes({"error": {"code": code, "message": message, "field": None}}))
+
+
+def _implements(handler: type[tornado.web.RequestHandler], method: str) -> bool:
+    return getattr(handler, method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
 
 
 class NotFoundHandler(JsonHandler):
@@ -145,7 +155,7 @@ class ReadyHandler(JsonHandler):
             self.write_json({"status": "ready"})
 
 
-class MetricsHandler(tornado.web.RequestHandler):
+class MetricsHandler(JsonHandler):
     route = "/metrics"
 
     def get(self) -> None:

@@ -22,6 +22,8 @@ from croniter import croniter
 
 MISFIRE_GRACE_SECONDS = 1.0
 MAX_DUE_TIMES = 10_000  # late ticks examined at once; older ones are not recorded one by one
+MAX_CRON_STEPS = 20_000  # cron due times walked in one firing (the next firing goes on from there)
+MIN_INTERVAL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -67,15 +69,23 @@ def due_times(
     timing: Timing, next_due: dt.datetime, now: dt.datetime
 ) -> tuple[list[dt.datetime], dt.datetime]:
     """The due times from ``next_due`` up to ``now`` (at most MAX_DUE_TIMES, the latest kept), and the next
-    due time after them."""
-    dues: list[dt.datetime] = []
+    due time after them. The work is bounded whatever the schedule and however long nobody fired it."""
+    if next_due > now:
+        return [], next_due
+    if timing.interval_seconds is not None:
+        step = dt.timedelta(seconds=timing.interval_seconds)
+        behind = int((now - next_due) / step)  # whole steps: the due times are next_due + k * step
+        first = max(0, behind - MAX_DUE_TIMES + 1)
+        dues = [next_due + k * step for k in range(first, behind + 1)]
+        return dues, next_due + (behind + 1) * step
+    walked: list[dt.datetime] = []
     moment = next_due
-    while moment <= now:
-        dues.append(moment)
+    for _ in range(MAX_CRON_STEPS):
+        if moment > now:
+            break
+        walked.append(moment)
         moment = timing.next_after(moment)
-        if len(dues) > MAX_DUE_TIMES:
-            dues.pop(0)
-    return dues, moment
+    return walked[-MAX_DUE_TIMES:], moment
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ RID = {
 }
 
 
+RID_OR_NULL = {"oneOf": [*RID["oneOf"], {"type": "null"}]}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -73,8 +76,13 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
             "additionalProperties": False,
             "required": ["items"],
             "properties": {
-                "rid": {**RID, "description": "Your id of the request; assigned when absent."},
-                "items": {"type": "array", "minItems": 1, "maxItems": 10_000, "items": _ref("Item")},
+                "rid": {**RID_OR_NULL, "description": "Your id of the request; assigned if absent or null."},
+                "items": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _ref("Item"),
+                    "description": "At most SQUALL_GATEWAY__MAX_ITEMS (10,000 by default): more is a 413.",
+                },
             },
         },
         "Accepted": {
@@ -101,7 +109,7 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
                 "created_at": {"type": "string", "format": "date-time"},
                 "updated_at": {"type": "string", "format": "date-time"},
                 "error": {"type": ["string", "null"]},
-                "rid": {"oneOf": [*RID["oneOf"], {"type": "null"}]},
+                "rid": RID_OR_NULL,
                 "processing": {"type": "string", "description": "Poll tasks only."},
                 "items_processed": {"type": "integer", "description": "Poll tasks only."},
             },
@@ -139,7 +147,7 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
             "type": "object",
             "required": ["numbers", "jobtodo"],
             "properties": {
-                "rid": RID,
+                "rid": RID_OR_NULL,
                 "numbers": {"type": "array", "minItems": 1, "items": INT64},
                 "jobtodo": {
                     "type": "array",

@@ -75,9 +75,11 @@ def _object(value: Any, field: str) -> dict[str, Any]:
 
 
 def _int64(value: Any, field: str) -> int:
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 2.0**63:
-        # orjson reads integer literals beyond 64 bits as (rounded) floats: an integer that does not fit.
-        raise ApiError(422, "out_of_range", f"{field} must fit in a signed 64-bit integer", field)
+    if isinstance(value, float) and value.is_integer():
+        if abs(value) >= 2.0**63:
+            # orjson reads integer literals beyond 64 bits as (rounded) floats: an integer that does not fit.
+            raise ApiError(422, "out_of_range", f"{field} must fit in a signed 64-bit integer", field)
+        value = int(value)  # 540.0 is an integer, as JSON Schema has it
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(422, "invalid_type", f"{field} must be an integer", field)
     if not INT64_MIN <= value <= INT64_MAX:
