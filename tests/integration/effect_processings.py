@@ -25,6 +25,6 @@ async def slow_record(numbers: list[int]) -> list[int]:
     await asyncio.sleep(1.5)
     path = os.environ.get(EFFECT_LOG_ENV)
     if path:
-        with open(path, "a") as log:  # noqa: ASYNC230 - a tiny append in a test helper
+        with open(path, "a") as log:
             log.write("".join(f"{n}\n" for n in numbers))
     return [n + 1 for n in numbers]

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -196,3 +201,49 @@ async def start_system(settings: Settings, stack: AsyncExitStack, processors: in
     for index in range(processors):
         await system.start_processor(f"processor-{index}")
     return system
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ProcessorProcesses:
+    """``squall processor`` as real OS processes (what a container runs)."""
+
+    def __init__(self, settings: Settings, effect_log: Path, log_dir: Path) -> None:
+        self.settings = settings
+        self.effect_log = effect_log
+        self.log_dir = log_dir
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "SQUALL_NATS_URL": self.settings.nats_url,
+            "SQUALL_DATABASE_URL": self.settings.database_url,
+            "SQUALL_PROCESSING_MODULES": "tests.integration.effect_processings",
+            "SQUALL_PROCESSOR__ACK_WAIT_SECONDS": "2",
+            "SQUALL_PROCESSOR__LEASE_SECONDS": "2",
+            "SQUALL_PROCESSOR__HTTP_PORT": "0",
+            "SQUALL_INSTANCE_ID": name,
+            "SQUALL_LOG_FORMAT": "text",
+            "SQUALL_TEST_EFFECT_LOG": str(self.effect_log),
+            **extra_env,
+        }
+        with open(self.log_dir / f"{name}.log", "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "squall.core.cli", "processor"], env=env, stdout=out, stderr=out
+            )
+        self.running.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.running:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -2,63 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from squall.core.settings import Settings
-from tests.integration.effect_processings import EFFECT_LOG_ENV
-from tests.integration.harness import System, make_settings, wait_for
+from tests.integration.harness import ProcessorProcesses, System, make_settings, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 MODULE = "tests.integration.effect_processings"
-
-
-class ProcessorProcesses:
-    """``squall processor`` as real OS processes (what a container runs)."""
-
-    def __init__(self, settings: Settings, effect_log: Path, log_dir: Path) -> None:
-        self.settings = settings
-        self.effect_log = effect_log
-        self.log_dir = log_dir
-        self.running: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "SQUALL_NATS_URL": self.settings.nats_url,
-            "SQUALL_DATABASE_URL": self.settings.database_url,
-            "SQUALL_PROCESSING_MODULES": MODULE,
-            "SQUALL_PROCESSOR__ACK_WAIT_SECONDS": "2",
-            "SQUALL_PROCESSOR__LEASE_SECONDS": "2",
-            "SQUALL_PROCESSOR__HTTP_PORT": "0",
-            "SQUALL_INSTANCE_ID": name,
-            "SQUALL_LOG_FORMAT": "text",
-            EFFECT_LOG_ENV: str(self.effect_log),
-        }
-        with open(self.log_dir / f"{name}.log", "wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "squall.core.cli", "processor"], env=env, stdout=out, stderr=out
-            )
-        self.running.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        for process in self.running:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.running:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 @pytest.fixture

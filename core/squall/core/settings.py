@@ -27,6 +27,13 @@ class GatewaySettings(BaseModel):
     publish_timeout_seconds: float = Field(
         5.0, gt=0, le=60, description="How long to wait for JetStream to ack an event before answering 503."
     )
+    shutdown_delay_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=120,
+        description="On SIGTERM, keep serving this long while /readyz answers 503, so load balancers stop "
+        "sending new requests before the listener closes.",
+    )
 
 
 class ProcessorSettings(BaseModel):

@@ -235,8 +235,11 @@ async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -
     server.listen(settings.gateway.port, settings.gateway.host)
     log.info("gateway listening on http://%s:%d", settings.gateway.host, settings.gateway.port)
     await stop.wait()
-    # Stop intake: report not ready, close the listener, let in-flight requests finish.
+    # Stop intake: report not ready while still serving (load balancers take us out), close the
+    # listener, let in-flight requests finish.
     app.accepting = False
+    log.info("stopping: not ready; closing the listener in %.1f s", settings.gateway.shutdown_delay_seconds)
+    await asyncio.sleep(settings.gateway.shutdown_delay_seconds)
     server.stop()
     try:
         await asyncio.wait_for(server.close_all_connections(), timeout=10)

@@ -1,0 +1,118 @@
+"""SIGTERM: processors finish or hand back in-flight work and exit 0; the gateway drains first."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from squall.core.embedded import free_port
+from squall.core.settings import Settings
+from tests.integration.harness import ProcessorProcesses, System, make_settings, wait_for
+
+MODULE = "tests.integration.effect_processings"
+
+
+async def _backlog(system: System, requests: int = 4, per_request: int = 25) -> None:
+    for r in range(requests):
+        await system.submit(
+            {
+                "rid": f"g{r}",
+                "items": [{"number": r * 100 + i, "job": "slow_record"} for i in range(per_request)],
+            }
+        )
+
+    async def recorded() -> bool:
+        return await system.fetchval("SELECT count(*) FROM items") == requests * per_request
+
+    await wait_for(recorded, what="items recorded")
+    await system.stop_processors()
+    for _ in range(requests):
+        await system.publish_poll("slow_record", batch_size=25)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("grace", "outcome"), [("20", "finished"), ("0.3", "handed back")])
+async def test_processor_sigterm_exits_zero_and_loses_nothing(
+    nats_url: str,
+    database_url: str,
+    system_factory: Callable[..., Awaitable[System]],
+    tmp_path: Path,
+    grace: str,
+    outcome: str,
+) -> None:
+    settings = make_settings(nats_url, database_url, processing_modules=[MODULE])
+    system = await system_factory(settings, processors=1)
+    await _backlog(system)
+    processes = ProcessorProcesses(settings, tmp_path / "effects.log", tmp_path)
+    try:
+        first = processes.start("first", SQUALL_PROCESSOR__SHUTDOWN_GRACE_SECONDS=grace)
+
+        async def claimed() -> bool:
+            return bool(await system.fetchval("SELECT count(*) FROM items WHERE state = 'running'"))
+
+        await wait_for(claimed, timeout=30, what="a batch in flight")
+        first.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(first.wait, 30)
+        assert code == 0
+        running = await system.fetchval("SELECT count(*) FROM items WHERE state = 'running'")
+        if outcome == "finished":
+            assert running == 0  # the batch in flight was completed before exiting
+        processes.start("second")
+
+        async def all_processed() -> bool:
+            return bool(await system.fetchval("SELECT bool_and(processed) FROM requests"))
+
+        await wait_for(all_processed, timeout=60, interval=0.25, what="every request processed")
+        assert await system.fetchval("SELECT count(*) FROM items WHERE state <> 'done'") == 0
+    finally:
+        processes.stop_all()
+
+
+@pytest.mark.slow
+async def test_gateway_sigterm_reports_not_ready_then_exits_zero(settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")},
+        "SQUALL_NATS_URL": settings.nats_url,
+        "SQUALL_DATABASE_URL": settings.database_url,
+        "SQUALL_GATEWAY__PORT": str(port),
+        "SQUALL_GATEWAY__HOST": "127.0.0.1",
+        "SQUALL_GATEWAY__SHUTDOWN_DELAY_SECONDS": "1.5",
+    }
+    with open(tmp_path / "gateway.log", "wb") as log:
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "squall.core.cli", "gateway"], env=env, stdout=log, stderr=log
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+
+            async def ready() -> bool:
+                try:
+                    return (await client.get("/readyz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await wait_for(ready, timeout=30, what="gateway ready")
+            gateway.send_signal(signal.SIGTERM)
+
+            async def draining() -> bool:
+                answer = await client.get("/readyz")
+                return answer.status_code == 503 and "shutting down" in answer.json()["problems"]
+
+            await wait_for(draining, timeout=5, what="not ready while draining")
+            # Still serving meanwhile: a request in the drain window is answered.
+            accepted = await client.post("/v1/requests", json={"items": [{"number": 1, "job": "sum"}]})
+            assert accepted.status_code == 202
+        assert await asyncio.to_thread(gateway.wait, 30) == 0
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
