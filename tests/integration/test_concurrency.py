@@ -7,13 +7,14 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import nats
 from prometheus_client import REGISTRY
 
 from squall.core import broker, events, store
 from squall.processor.worker import Processor
 from tests.integration import effect_processings
-from tests.integration.harness import System, make_settings, wait_for
+from tests.integration.harness import System, make_settings, plain_dsn, wait_for
 
 MODULE = "tests.integration.effect_processings"
 
@@ -129,3 +130,31 @@ async def test_no_republish_while_the_queue_has_a_backlog(system: System) -> Non
         assert await idle.republish_lost(older_than_seconds=0) == 0
     finally:
         await nc.close()
+
+
+async def test_a_stuck_batch_makes_the_processor_not_ready(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    settings = make_settings(nats_url, database_url, processor={"stall_seconds": 1.0})
+    system = await system_factory(settings, processors=0)
+    await system.submit({"rid": "stuck", "items": [{"number": 1, "job": "sum"}]})
+    blocker = await asyncpg.connect(plain_dsn(database_url))
+    try:
+        lock = blocker.transaction()
+        await lock.start()
+        await blocker.execute("SELECT 1 FROM requests WHERE rid = 'stuck' FOR UPDATE")
+        processor = await system.start_processor()
+
+        async def stalled() -> list[str]:
+            return [p for p in await processor.problems() if p.startswith("stalled")]
+
+        await wait_for(stalled, timeout=15, what="readiness to report the stuck batch")
+        await lock.rollback()  # the lock goes: the batch completes, the processor is ready again
+
+        async def ready() -> bool:
+            return await processor.problems() == []
+
+        await wait_for(ready, what="ready again")
+        assert (await system.request_state("stuck"))["recorded"] is True
+    finally:
+        await blocker.close()

@@ -55,6 +55,13 @@ class ProcessorSettings(BaseModel):
     shutdown_grace_seconds: float = Field(
         20.0, ge=0, le=3600, description="Time to finish in-flight work on SIGTERM before handing it back."
     )
+    stall_seconds: float = Field(
+        900.0,
+        gt=0,
+        le=86_400,
+        description="/readyz fails while a batch has been running this long (keep it above the longest "
+        "processing timeout): a stuck worker is restarted instead of looking healthy.",
+    )
 
 
 class SchedulerSettings(BaseModel):

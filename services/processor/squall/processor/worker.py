@@ -58,6 +58,7 @@ class Processor:
         self.name = name
         self.stopping = asyncio.Event()
         self._in_flight = 0
+        self.busy_since: dict[int, float] = {}  # consume loop → when it started its current batch
 
     # --- running ------------------------------------------------------------------------------------------
 
@@ -113,6 +114,7 @@ class Processor:
                 continue
             self._in_flight += len(msgs)
             metrics.IN_FLIGHT.set(self._in_flight)
+            self.busy_since[id(sub)] = time.monotonic()
             try:
                 await handle(msgs)
             except asyncio.CancelledError:
@@ -125,6 +127,7 @@ class Processor:
             finally:
                 self._in_flight -= len(msgs)
                 metrics.IN_FLIGHT.set(self._in_flight)
+                del self.busy_since[id(sub)]
 
     # --- request events -----------------------------------------------------------------------------------
 
@@ -289,7 +292,12 @@ class Processor:
     # --- readiness ----------------------------------------------------------------------------------------
 
     async def problems(self) -> list[str]:
-        return await dependency_problems(self.nc, self.engine)
+        problems = await dependency_problems(self.nc, self.engine)
+        stuck = [time.monotonic() - since for since in self.busy_since.values()]
+        if stuck and max(stuck) > self.settings.processor.stall_seconds:
+            # A batch that never ends (a lock never granted, a hung call): restart rather than look healthy.
+            problems.append(f"stalled: a batch has been running for {max(stuck):.0f} s")
+        return problems
 
 
 Outcome = tuple[str, str | None, str | None]
@@ -357,6 +365,14 @@ async def _keep_in_progress(msg: Msg, ack_wait: float):  # type: ignore[no-untyp
 async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -> None:
     """``squall processor``."""
     res = await open_resources(settings, "processor", stack)
+    longest = max((p.timeout_seconds for p in res.registry.values()), default=0.0)
+    if longest >= settings.processor.stall_seconds:
+        log.warning(
+            "SQUALL_PROCESSOR__STALL_SECONDS (%s) is not above the longest processing timeout (%s): a long "
+            "batch would be reported as stalled",
+            settings.processor.stall_seconds,
+            longest,
+        )
     processor = Processor(settings, res.registry, res.engine, res.nc, res.name)
     ops = start_ops_server(settings.processor.http_port, processor.problems, settings.processor.http_host)
     stack.callback(ops.stop)
