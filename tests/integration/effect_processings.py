@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from squall.core.processings import processing
+from squall.core.processings import PermanentError, processing
 
 EFFECT_LOG_ENV = "SQUALL_TEST_EFFECT_LOG"
 # In-process runs: every number a `record` batch computed, in order.
@@ -28,3 +28,21 @@ async def slow_record(numbers: list[int]) -> list[int]:
         with open(path, "a") as log:
             log.write("".join(f"{n}\n" for n in numbers))
     return [n + 1 for n in numbers]
+
+
+FLAKY_CALLS: list[list[int]] = []
+
+
+@processing(name="flaky", mode="batch", batch_size=100, max_attempts=3, backoff_seconds=0.5)
+def flaky(numbers: list[int]) -> list[int]:
+    """Fails its first call (a retryable error), then works."""
+    FLAKY_CALLS.append(numbers)
+    if len(FLAKY_CALLS) == 1:
+        raise ConnectionError("the shared file system blinked")
+    return [n * 10 for n in numbers]
+
+
+@processing(name="refuse", mode="batch", batch_size=100, max_attempts=5)
+def refuse(numbers: list[int]) -> list[int]:
+    """Fails permanently: no retry."""
+    raise PermanentError("this input can never be processed")

@@ -17,6 +17,7 @@ import pytest
 
 from squall.core.processings import (
     ItemFailed,
+    PermanentError,
     Processing,
     ProcessingError,
     Registry,
@@ -492,3 +493,26 @@ def test_dependencies_from_configuration(monkeypatch: pytest.MonkeyPatch) -> Non
     registry = load_registry(load_settings())
     assert registry["sum"].dependencies == ("sharedfs", "slurm")
     assert registry["mul"].dependencies == ()
+
+
+def test_retry_delay_grows_exponentially_with_jitter_and_a_cap() -> None:
+    proc = Processing(name="p", function=lambda ns: ns, backoff_seconds=1.0, max_backoff_seconds=10.0)
+    for attempts, base in ((1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (12, 10.0)):
+        delays = [proc.retry_delay(attempts) for _ in range(200)]
+        assert all(0.8 * base <= d <= 1.2 * base for d in delays), (attempts, min(delays), max(delays))
+        assert len(set(delays)) > 100  # jittered
+
+
+async def test_permanent_error_is_not_retryable() -> None:
+    def refuse(numbers: list[int]) -> list[int]:
+        raise PermanentError("never")
+
+    proc = Processing(name="p", function=refuse)
+    with pytest.raises(ProcessingError) as info:
+        await proc.run([1])
+    assert info.value.retryable is False and str(info.value) == "permanent: never"
+
+
+def test_backoff_must_not_exceed_its_cap() -> None:
+    with pytest.raises(ValueError, match="backoff"):
+        Processing(name="p", function=lambda ns: ns, backoff_seconds=5.0, max_backoff_seconds=1.0)

@@ -91,6 +91,11 @@ items = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("claim_task_id", UUID(as_uuid=True), comment="The task that claimed (or last processed) it."),
     Column("lease_until", DateTime(timezone=True)),
+    Column(
+        "not_before",
+        DateTime(timezone=True),
+        comment="A pending item retried after a failure waits until then.",
+    ),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("request_task_id", "position", name="items_pkey"),

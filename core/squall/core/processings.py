@@ -26,6 +26,7 @@ import inspect
 import json
 import logging
 import os
+import random
 import re
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -49,7 +50,18 @@ _COMMAND_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR", "PYTHONPA
 
 
 class ProcessingError(Exception):
-    """The batch failed as a whole (the processing raised, timed out or answered garbage)."""
+    """The batch failed as a whole (the processing raised, timed out or answered garbage).
+
+    ``retryable`` failures put the batch's items back to pending, after a backoff, until they have had
+    ``max_attempts`` attempts; the others fail them at once."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class PermanentError(Exception):
+    """Raise it from a processing for a failure no retry can mend (bad input, a refused operation)."""
 
 
 class ItemFailed:
@@ -70,8 +82,11 @@ class Processing:
     mode: Mode = "batch"
     batch_size: int = 1000
     timeout_seconds: float = 60.0
-    # Attempts an item gets when its whole batch fails before the item is failed for good.
+    # Attempts an item gets when its whole batch fails before the item is failed for good, and the delay
+    # before a retry: backoff_seconds * 2^(attempts - 1), at most max_backoff_seconds, +-20 % jitter.
     max_attempts: int = 3
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 300.0
     # Polling interval of a batch processing; None: the scheduler's default.
     interval_seconds: float | None = None
     # Run a sync function in a worker thread (default). Only trivially cheap functions should set False.
@@ -89,6 +104,13 @@ class Processing:
             raise ValueError(
                 f"processing {self.name!r}: batch_size, timeout_seconds and max_attempts must be positive"
             )
+        if not 0 <= self.backoff_seconds <= self.max_backoff_seconds:
+            raise ValueError(f"processing {self.name!r}: need 0 <= backoff_seconds <= max_backoff_seconds")
+
+    def retry_delay(self, attempts: int) -> float:
+        """Seconds before an item that has had ``attempts`` attempts may be claimed again."""
+        delay = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** max(0, attempts - 1))
+        return delay * random.uniform(0.8, 1.2)
 
     async def run(self, numbers: list[int]) -> list[Any]:
         """Results, one per number (or :class:`ItemFailed`); raises ProcessingError for the whole batch."""
@@ -102,6 +124,8 @@ class Processing:
             raise ProcessingError(f"timed out after {self.timeout_seconds} s") from None
         except ProcessingError:
             raise
+        except PermanentError as exc:
+            raise ProcessingError(f"permanent: {exc}", retryable=False) from exc
         except Exception as exc:
             raise ProcessingError(f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(results, list) or len(results) != len(numbers):
@@ -124,6 +148,8 @@ def processing(
     batch_size: int = 1000,
     timeout_seconds: float = 60.0,
     max_attempts: int = 3,
+    backoff_seconds: float = 1.0,
+    max_backoff_seconds: float = 300.0,
     interval_seconds: float | None = None,
     blocking: bool = True,
     dependencies: Iterable[str] = (),
@@ -138,6 +164,8 @@ def processing(
             batch_size=batch_size,
             timeout_seconds=timeout_seconds,
             max_attempts=max_attempts,
+            backoff_seconds=backoff_seconds,
+            max_backoff_seconds=max_backoff_seconds,
             interval_seconds=interval_seconds,
             blocking=blocking,
             dependencies=tuple(dependencies),

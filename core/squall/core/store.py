@@ -387,8 +387,9 @@ async def claim_items(
                              lease_until = now() + make_interval(secs => :lease), updated_at = now()
             WHERE (request_task_id, position) IN (
                 SELECT request_task_id, position FROM items
-                WHERE job = :job AND (state = 'pending'
-                      OR (state = 'running' AND (lease_until < now() OR claim_task_id = :task)))
+                WHERE job = :job
+                  AND ((state = 'pending' AND (not_before IS NULL OR not_before <= now()))
+                       OR (state = 'running' AND (lease_until < now() OR claim_task_id = :task)))
                 ORDER BY created_at
                 LIMIT :limit
                 FOR UPDATE SKIP LOCKED
@@ -408,15 +409,17 @@ async def write_results(
     states: Sequence[str],
     results: Sequence[str | None],
     errors: Sequence[str | None],
+    delays: Sequence[float | None],
 ) -> set[uuid.UUID]:
-    """Write the outcome of claimed items, only where this task still owns them: one effect per item."""
+    """Write the outcome of claimed items, only where this task still owns them: one effect per item.
+    An item put back to pending waits its delay (seconds) before it may be claimed again."""
     rows = await conn.execute(
         text(
             """
             UPDATE items SET state = v.s, result = CAST(v.r AS jsonb), error = v.e, lease_until = NULL,
-                             updated_at = now()
+                             not_before = now() + make_interval(secs => v.d), updated_at = now()
             FROM unnest(CAST(:t AS uuid[]), CAST(:p AS int[]), CAST(:s AS text[]), CAST(:r AS text[]),
-                        CAST(:e AS text[])) AS v(t, p, s, r, e)
+                        CAST(:e AS text[]), CAST(:d AS float8[])) AS v(t, p, s, r, e, d)
             WHERE items.request_task_id = v.t AND items.position = v.p
               AND items.claim_task_id = :task AND items.state = 'running'
             RETURNING items.request_task_id
@@ -429,6 +432,7 @@ async def write_results(
             "s": list(states),
             "r": list(results),
             "e": list(errors),
+            "d": list(delays),
         },
     )
     return {r.request_task_id for r in rows}
@@ -464,11 +468,6 @@ async def record_poll_task(engine: AsyncEngine, task_id: uuid.UUID, processing: 
             )
         ).first()
     return row is not None
-
-
-async def pending_count(engine: AsyncEngine, processing: str) -> int:
-    async with statements(engine) as conn:
-        return await claimable_count(conn, processing)
 
 
 # --- scheduler: leadership, instances, schedules, ticks -------------------------------------------------
@@ -694,7 +693,8 @@ async def claimable_count(conn: AsyncConnection, processing: str) -> int:
         (
             await conn.execute(
                 text(
-                    "SELECT count(*) FROM items WHERE job = :job AND (state = 'pending' "
+                    "SELECT count(*) FROM items WHERE job = :job AND ((state = 'pending' "
+                    "AND (not_before IS NULL OR not_before <= now())) "
                     "OR (state = 'running' AND lease_until < now()))"
                 ),
                 {"job": processing},
@@ -824,7 +824,8 @@ async def claimable_counts(engine: AsyncEngine) -> dict[str, int]:
     async with statements(engine) as conn:
         rows = await conn.execute(
             text(
-                "SELECT job, count(*) AS n FROM items WHERE state = 'pending' "
+                "SELECT job, count(*) AS n FROM items WHERE (state = 'pending' "
+                "AND (not_before IS NULL OR not_before <= now())) "
                 "OR (state = 'running' AND lease_until < now()) GROUP BY job"
             )
         )

@@ -19,7 +19,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -31,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from squall.core import events, metrics, store
 from squall.core.http import start_ops_server
 from squall.core.lifecycle import open_resources
-from squall.core.processings import ItemFailed, ProcessingError, Registry
+from squall.core.processings import ItemFailed, Processing, ProcessingError, Registry
 from squall.core.readiness import dependency_problems
 from squall.core.settings import Settings
 
@@ -154,7 +153,9 @@ class Processor:
                     continue  # recorded before (a redelivery or a re-publish), or twice in this batch
                 to_record.discard(event.task_id)
                 for position, item in enumerate(event.items):
-                    state, result, error = computed.get((event.task_id, position), ("pending", None, None))
+                    state, result, error, _ = computed.get(
+                        (event.task_id, position), ("pending", None, None, None)
+                    )
                     new_items.append(
                         store.NewItem(event.task_id, position, item.number, item.job, state, result, error)
                     )
@@ -183,14 +184,19 @@ class Processor:
             for position, item in enumerate(event.items):
                 proc = self.registry.get(item.job)
                 if proc is None:
-                    computed[(event.task_id, position)] = ("failed", None, f"unknown processing {item.job!r}")
+                    computed[(event.task_id, position)] = (
+                        "failed",
+                        None,
+                        f"unknown processing {item.job!r}",
+                        None,
+                    )
                 elif proc.mode == "immediate":
                     by_job[item.job].append((event.task_id, position, item.number))
         for job, entries in by_job.items():
             proc = self.registry[job]
             for start in range(0, len(entries), proc.batch_size):
                 chunk = entries[start : start + proc.batch_size]
-                outcomes, _ = await run_batch(proc.run, [n for _, _, n in chunk], retry=False)
+                outcomes, _ = await run_batch(proc, [n for _, _, n in chunk], attempts=None)
                 for (task_id, position, _), outcome in zip(chunk, outcomes, strict=True):
                     computed[(task_id, position)] = outcome
         return computed
@@ -240,7 +246,7 @@ class Processor:
         batch_error = None
         if claimed:
             outcomes, batch_error = await run_batch(
-                proc.run, [c.number for c in claimed], retry=[c.attempts < proc.max_attempts for c in claimed]
+                proc, [c.number for c in claimed], attempts=[c.attempts for c in claimed]
             )
         async with self.engine.begin() as conn:
             touched: set[uuid.UUID] = set()
@@ -249,17 +255,19 @@ class Processor:
                     conn,
                     task.task_id,
                     claimed,
-                    [s for s, _, _ in outcomes],
-                    [r for _, r, _ in outcomes],
-                    [e for _, _, e in outcomes],
+                    [o[0] for o in outcomes],
+                    [o[1] for o in outcomes],
+                    [o[2] for o in outcomes],
+                    [o[3] for o in outcomes],
                 )
                 await store.mark_processed(conn, touched)
             state = "failed" if batch_error else "succeeded"
             await store.finish_poll_task(conn, task.task_id, state, len(claimed), batch_error)
         metrics.TASKS.labels("poll", task.processing, state).inc()
         metrics.TASK_DURATION.labels("poll", task.processing).observe(time.perf_counter() - started)
-        for s, _, _ in outcomes:
-            metrics.ITEMS_PROCESSED.labels(task.processing, s if s != "pending" else "retried").inc()
+        for outcome in outcomes:
+            state = outcome[0]
+            metrics.ITEMS_PROCESSED.labels(task.processing, state if state != "pending" else "retried").inc()
         if claimed:
             log.info("processed %d item(s)", len(claimed), extra={**ctx, "count": len(claimed)})
 
@@ -300,28 +308,35 @@ class Processor:
         return problems
 
 
-Outcome = tuple[str, str | None, str | None]
-"""An item's (state, result as JSON text, error)."""
+Outcome = tuple[str, str | None, str | None, float | None]
+"""An item's (state, result as JSON text, error, seconds before it may be retried)."""
 
 
 async def run_batch(
-    run: Callable[[list[int]], Awaitable[list[Any]]], numbers: list[int], retry: list[bool] | bool
+    proc: Processing, numbers: list[int], attempts: list[int] | None
 ) -> tuple[list[Outcome], str | None]:
-    """Outcomes per number, and the error that failed the whole batch if it did. A failed batch puts the
-    items that may be retried (``retry`` per item, or one answer for all) back to pending."""
+    """Outcomes per number, and the error that failed the whole batch if it did.
+
+    A batch that fails retryably puts back to pending, after the processing's backoff, the items that have
+    attempts left (``attempts`` per item; None: no retry, as in immediate mode); the others fail."""
     try:
-        results = await run(numbers)
+        results = await proc.run(numbers)
     except ProcessingError as exc:
         error = str(exc)
-        again = retry if isinstance(retry, list) else [retry] * len(numbers)
-        return [("pending" if a else "failed", None, error) for a in again], error
-    outcomes: list[Outcome] = []
+        outcomes: list[Outcome] = []
+        for made in attempts if attempts is not None else [proc.max_attempts] * len(numbers):
+            if exc.retryable and made < proc.max_attempts:
+                outcomes.append(("pending", None, error, proc.retry_delay(made)))
+            else:
+                outcomes.append(("failed", None, error, None))
+        return outcomes, error
+    done: list[Outcome] = []
     for value in results:
         if isinstance(value, ItemFailed):
-            outcomes.append(("failed", None, value.message))
+            done.append(("failed", None, value.message, None))
         else:
-            outcomes.append(("done", store.result_json(value), None))
-    return outcomes, None
+            done.append(("done", store.result_json(value), None, None))
+    return done, None
 
 
 async def fetch_available(

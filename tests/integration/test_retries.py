@@ -1,0 +1,74 @@
+"""A failed batch: retryable errors come back after a backoff, permanent ones fail at once."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+
+from tests.integration import effect_processings
+from tests.integration.harness import System, make_settings, wait_for
+
+MODULE = "tests.integration.effect_processings"
+
+
+async def _recorded(system: System, rid: str) -> None:
+    async def recorded() -> bool:
+        return bool((await system.request_state(rid))["recorded"])
+
+    await wait_for(recorded, what=f"{rid} recorded")
+
+
+async def test_retryable_failure_waits_its_backoff_then_succeeds(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    effect_processings.FLAKY_CALLS.clear()
+    system = await system_factory(make_settings(nats_url, database_url, processing_modules=[MODULE]))
+    await system.submit({"rid": "f", "items": [{"number": n, "job": "flaky"} for n in range(3)]})
+    await _recorded(system, "f")
+    first = await system.publish_poll("flaky", batch_size=100)
+
+    async def failed_once() -> bool:
+        return (await system.client.get(f"/v1/tasks/{first}")).json()["state"] == "failed"
+
+    await wait_for(failed_once, what="the first batch failed")
+    rows = await system.fetch("SELECT state, attempts, error, not_before, updated_at FROM items")
+    assert all(r["state"] == "pending" and r["attempts"] == 1 for r in rows)
+    assert all("ConnectionError" in r["error"] for r in rows)
+    # Backoff: 0.5 s x 2^0, +-20 %.
+    waits = [(r["not_before"] - r["updated_at"]).total_seconds() for r in rows]
+    assert all(0.39 <= w <= 0.61 for w in waits), waits
+    # Within the backoff, a poll claims nothing; after it, the items are retried and done.
+    early = await system.publish_poll("flaky", batch_size=100)
+
+    async def finished(task_id: object) -> dict[str, object] | None:
+        task = (await system.client.get(f"/v1/tasks/{task_id}")).json()
+        return task if task["state"] in ("succeeded", "failed") else None
+
+    early_task = await wait_for(lambda: finished(early), what="the early poll")
+    if await system.fetchval("SELECT min(not_before) FROM items") > dt.datetime.now(dt.UTC):
+        assert early_task["items_processed"] == 0
+    await wait_for(lambda: _not_before_passed(system), what="the backoff to pass", timeout=5)
+    await system.publish_poll("flaky", batch_size=100)
+    state = await system.wait_processed("f")
+    assert [i["result"] for i in state["items"]] == [0, 10, 20]
+    assert await system.fetchval("SELECT max(attempts) FROM items") == 2
+    assert len(effect_processings.FLAKY_CALLS) == 2
+
+
+async def _not_before_passed(system: System) -> bool:
+    return bool(await system.fetchval("SELECT bool_and(not_before <= now()) FROM items"))
+
+
+async def test_permanent_failure_fails_the_items_at_once(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    system = await system_factory(make_settings(nats_url, database_url, processing_modules=[MODULE]))
+    await system.submit(
+        {"rid": "p", "items": [{"number": 1, "job": "refuse"}, {"number": 2, "job": "refuse"}]}
+    )
+    await _recorded(system, "p")
+    await system.publish_poll("refuse", batch_size=100)
+    state = await system.wait_processed("p")  # processed: nothing left pending
+    assert state["counts"] == {"pending": 0, "done": 0, "failed": 2}
+    assert all(i["error"] == "permanent: this input can never be processed" for i in state["items"])
+    assert await system.fetchval("SELECT max(attempts) FROM items") == 1
