@@ -30,6 +30,7 @@ from squall.core.checks import (
     check,
     validate_target,
 )
+from tests.unit.processes import is_gone, read_text, wait_gone
 
 SECRET = "s3cr3t-Pa55"
 
@@ -45,36 +46,10 @@ def closed_port() -> int:
     return port
 
 
-def is_gone(pid: int) -> bool:
-    """The process no longer exists or is a zombie waiting to be reaped (it no longer runs either way)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-async def wait_gone(pid: int, seconds: float = 3.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if is_gone(pid):
-            return True
-        await asyncio.sleep(0.02)
-    return is_gone(pid)
-
-
-def _read_text(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
-
-
 async def read_pids(path: Path, count: int, seconds: float = 5.0) -> list[int]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        words = _read_text(path).split()
+        words = read_text(path).split()
         if len(words) == count:
             return [int(w) for w in words]
         await asyncio.sleep(0.02)
@@ -145,7 +120,7 @@ def pid_file(tmp_path: Path) -> Iterator[Path]:
     """Where a command writes its pids; whatever is still running when the test ends is killed."""
     path = tmp_path / "pids"
     yield path
-    for pid in [int(w) for w in _read_text(path).split()]:
+    for pid in [int(w) for w in read_text(path).split()]:
         if not is_gone(pid):
             os.kill(pid, 9)
 

@@ -25,6 +25,7 @@ from squall.core.processings import (
     processing,
 )
 from squall.core.settings import load_settings
+from tests.unit.processes import read_text, wait_gone
 
 SAMPLE = "tests.unit.sample_processings"
 BUILTIN_NAMES = {"sum", "mul", "square"}
@@ -34,36 +35,10 @@ def command(code: str, *, timeout: float = 10.0, name: str = "cmd") -> Processin
     return Processing(name=name, command=(sys.executable, "-c", code), timeout_seconds=timeout)
 
 
-def is_gone(pid: int) -> bool:
-    """The process no longer exists or is a zombie waiting to be reaped (it no longer runs either way)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-async def wait_gone(pid: int, seconds: float = 3.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if is_gone(pid):
-            return True
-        await asyncio.sleep(0.02)
-    return is_gone(pid)
-
-
-def _read_text(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
-
-
 async def read_pid(path: Path, seconds: float = 5.0) -> int:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        text = _read_text(path)
+        text = read_text(path)
         if text.strip():
             return int(text)
         await asyncio.sleep(0.02)
