@@ -118,23 +118,14 @@ async def withdraw_request(engine: AsyncEngine, task_id: uuid.UUID) -> None:
 # --- reads (gateway, CLI) ---------------------------------------------------------------------------------
 
 
-async def get_task(engine: AsyncEngine, task_id: uuid.UUID) -> dict[str, Any] | None:
-    async with statements(engine) as conn:
-        row = (
-            await conn.execute(
-                text(
-                    """
-                    SELECT t.id, t.kind, t.state, t.attempts, t.created_at, t.updated_at, t.error, t.rid,
-                           t.processing, t.items_processed, r.rid_is_int
-                    FROM tasks t LEFT JOIN requests r ON r.task_id = t.id
-                    WHERE t.id = :id
-                    """
-                ),
-                {"id": task_id},
-            )
-        ).first()
-    if row is None:
-        return None
+_TASK_SELECT = """
+    SELECT t.id, t.kind, t.state, t.attempts, t.created_at, t.updated_at, t.error, t.rid,
+           t.processing, t.items_processed, r.rid_is_int
+    FROM tasks t LEFT JOIN requests r ON r.task_id = t.id
+"""
+
+
+def _task(row: Any) -> dict[str, Any]:
     task: dict[str, Any] = {
         "task_id": str(row.id),
         "kind": row.kind,
@@ -149,6 +140,43 @@ async def get_task(engine: AsyncEngine, task_id: uuid.UUID) -> dict[str, Any] | 
         task["processing"] = row.processing
         task["items_processed"] = row.items_processed
     return task
+
+
+async def get_task(engine: AsyncEngine, task_id: uuid.UUID) -> dict[str, Any] | None:
+    async with statements(engine) as conn:
+        row = (await conn.execute(text(_TASK_SELECT + " WHERE t.id = :id"), {"id": task_id})).first()
+    return _task(row) if row is not None else None
+
+
+async def list_tasks(
+    engine: AsyncEngine,
+    state: str | None,
+    kind: str | None,
+    processing: str | None,
+    limit: int,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+) -> tuple[list[dict[str, Any]], tuple[dt.datetime, uuid.UUID] | None]:
+    """Tasks, newest first, filtered; and the cursor of the next page (None on the last)."""
+    conditions = [
+        "(CAST(:state AS text) IS NULL OR t.state = :state)",
+        "(CAST(:kind AS text) IS NULL OR t.kind = :kind)",
+        "(CAST(:processing AS text) IS NULL OR t.processing = :processing)",
+    ]
+    if after is not None:
+        conditions.append("(t.created_at, t.id) < (:after_at, :after_id)")
+    query = (
+        _TASK_SELECT
+        + " WHERE "
+        + " AND ".join(conditions)
+        + " ORDER BY t.created_at DESC, t.id DESC LIMIT :n"
+    )
+    params: dict[str, Any] = {"state": state, "kind": kind, "processing": processing, "n": limit + 1}
+    if after is not None:
+        params.update(after_at=after[0], after_id=after[1])
+    async with statements(engine) as conn:
+        rows = (await conn.execute(text(query), params)).all()
+    following = (rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+    return [_task(r) for r in rows[:limit]], following
 
 
 async def get_request(engine: AsyncEngine, rid: str) -> dict[str, Any] | None:

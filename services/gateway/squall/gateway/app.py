@@ -50,6 +50,7 @@ class GatewayApp(tornado.web.Application):
             [
                 (r"/v1/requests", SubmitHandler),
                 (r"/v1/requests/([^/]+)", RequestStatusHandler),
+                (r"/v1/tasks", TasksHandler),
                 (r"/v1/tasks/([^/]+)", TaskHandler),
                 (r"/v1/openapi\.json", OpenApiHandler),
                 (r"/number_request", LegacyHandler),
@@ -135,6 +136,21 @@ async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
         # was lost; JetStream drops it as a duplicate otherwise, and processors record a request once.
         await app.publish(events.REQUEST_SUBMITTED, accepted.payload, event.msg_id)
     return accepted
+
+
+class TasksHandler(BaseHandler):
+    """``GET /v1/tasks?state=&kind=&processing=&limit=&cursor=``: tasks, newest first, a page at a time."""
+
+    route = "/v1/tasks"
+
+    async def get(self) -> None:
+        query = validation.parse_task_query(
+            {k: v[-1].decode(errors="replace") for k, v in self.request.query_arguments.items() if v}
+        )
+        tasks, following = await store.list_tasks(
+            self.app.engine, query.state, query.kind, query.processing, query.limit, query.after
+        )
+        self.write_json({"tasks": tasks, "next_cursor": validation.encode_cursor(following)})
 
 
 class TaskHandler(BaseHandler):

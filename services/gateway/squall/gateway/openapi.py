@@ -208,6 +208,62 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
                 "responses": {"200": _json(_ref("RequestStatus"), "The request."), **_errors(404, 503)},
             }
         },
+        "/v1/tasks": {
+            "get": {
+                "operationId": "listTasks",
+                "summary": "Tasks, newest first, filtered, a page at a time (e.g. state=failed).",
+                "parameters": [
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "enum": ["queued", "running", "succeeded", "failed", "dead"],
+                        },
+                    },
+                    {
+                        "name": "kind",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["request", "poll"]},
+                    },
+                    {
+                        "name": "processing",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "maxLength": 63},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "next_cursor of the previous page.",
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["tasks", "next_cursor"],
+                            "properties": {
+                                "tasks": {"type": "array", "items": _ref("Task")},
+                                "next_cursor": {"type": ["string", "null"]},
+                            },
+                        },
+                        "A page of tasks.",
+                    ),
+                    **_errors(422, 503),
+                },
+            }
+        },
         "/v1/tasks/{task_id}": {
             "get": {
                 "operationId": "getTask",

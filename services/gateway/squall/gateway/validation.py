@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import re
 import urllib.parse
 import uuid
@@ -232,3 +234,61 @@ def legacy_lookup(body: bytes, content_type: str | None, query: dict[str, list[b
             422, "missing_field", "give task_id or rid (JSON body, form field or query)", "task_id"
         )
     return found
+
+
+TASK_STATES = ("queued", "running", "succeeded", "failed", "dead")
+TASK_KINDS = ("request", "poll")
+TASK_QUERY_FIELDS = ("state", "kind", "processing", "limit", "cursor")
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    state: str | None
+    kind: str | None
+    processing: str | None
+    limit: int
+    after: tuple[dt.datetime, uuid.UUID] | None
+
+
+def parse_task_query(args: dict[str, str]) -> TaskQuery:
+    """The query of ``GET /v1/tasks``; unknown parameters and bad values are a 422 naming them."""
+    for name in args:
+        if name not in TASK_QUERY_FIELDS:
+            raise ApiError(422, "unknown_field", f"unknown query parameter {name[:64]!r}", name[:64])
+    state, kind = args.get("state"), args.get("kind")
+    if state is not None and state not in TASK_STATES:
+        raise ApiError(422, "invalid_value", f"state must be one of {', '.join(TASK_STATES)}", "state")
+    if kind is not None and kind not in TASK_KINDS:
+        raise ApiError(422, "invalid_value", f"kind must be one of {', '.join(TASK_KINDS)}", "kind")
+    processing = args.get("processing")
+    if processing is not None and len(processing) > 63:
+        raise ApiError(422, "invalid_value", "processing is at most 63 characters", "processing")
+    try:
+        limit = int(args.get("limit", "50"))
+    except ValueError:
+        raise ApiError(422, "invalid_type", "limit must be an integer", "limit") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise ApiError(422, "out_of_range", f"limit must be between 1 and {MAX_PAGE}", "limit")
+    return TaskQuery(state, kind, processing, limit, decode_cursor(args.get("cursor")))
+
+
+def encode_cursor(position: tuple[dt.datetime, uuid.UUID] | None) -> str | None:
+    if position is None:
+        return None
+    raw = f"{position[0].isoformat()}|{position[1]}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        moment, _, task_id = raw.partition("|")
+        parsed = dt.datetime.fromisoformat(moment)
+        if parsed.tzinfo is None:
+            raise ValueError("naive")
+        return parsed, uuid.UUID(task_id)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(422, "invalid_value", "cursor is not one this API gave", "cursor") from None
