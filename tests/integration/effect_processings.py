@@ -46,3 +46,15 @@ def flaky(numbers: list[int]) -> list[int]:
 def refuse(numbers: list[int]) -> list[int]:
     """Fails permanently: no retry."""
     raise PermanentError("this input can never be processed")
+
+
+REFUSE_ONCE_CALLS: list[list[int]] = []
+
+
+@processing(name="refuse_once", mode="batch", batch_size=100)
+def refuse_once(numbers: list[int]) -> list[int]:
+    """Fails permanently the first time (say, a missing input file), works once an operator fixed it."""
+    REFUSE_ONCE_CALLS.append(numbers)
+    if len(REFUSE_ONCE_CALLS) == 1:
+        raise PermanentError("input file missing")
+    return [n + 1000 for n in numbers]

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from tests.integration import effect_processings
 from tests.integration.harness import System, make_settings, wait_for
 
 MODULE = "tests.integration.effect_processings"
@@ -24,10 +25,10 @@ async def test_failed_poll_tasks_and_paging(
     await wait_for(recorded, what="recorded")
     failing = await system.publish_poll("refuse", batch_size=100)
 
-    async def failed() -> list[object]:
-        return (await system.client.get("/v1/tasks", params={"state": "failed"})).json()["tasks"]  # type: ignore[no-any-return]
+    async def dead() -> list[object]:
+        return (await system.client.get("/v1/tasks", params={"state": "dead"})).json()["tasks"]  # type: ignore[no-any-return]
 
-    tasks = await wait_for(failed, what="a failed poll task")
+    tasks = await wait_for(dead, what="a dead poll task (a permanent error)")
     assert [t["task_id"] for t in tasks] == [str(failing)]
     assert tasks[0]["processing"] == "refuse" and tasks[0]["error"].startswith("permanent:")
 
@@ -68,3 +69,39 @@ async def test_bad_task_queries(system: System, params: dict[str, str], field: s
     response = await system.client.get("/v1/tasks", params=params)
     assert response.status_code == 422
     assert response.json()["error"]["field"] == field
+
+
+async def test_replaying_a_dead_task_once(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    effect_processings.REFUSE_ONCE_CALLS.clear()
+    system = await system_factory(make_settings(nats_url, database_url, processing_modules=[MODULE]))
+    await system.submit({"rid": "r", "items": [{"number": n, "job": "refuse_once"} for n in range(3)]})
+
+    async def recorded() -> bool:
+        return await system.fetchval("SELECT count(*) FROM items") == 3
+
+    await wait_for(recorded, what="recorded")
+    task_id = await system.publish_poll("refuse_once", batch_size=100)
+
+    async def state() -> str:
+        return str((await system.client.get(f"/v1/tasks/{task_id}")).json()["state"])
+
+    await wait_for(lambda: _is(state, "dead"), what="the task dead")
+    assert (await system.request_state("r"))["counts"]["failed"] == 3
+    replayed = await system.client.post(f"/v1/tasks/{task_id}/retry")
+    assert replayed.status_code == 202 and replayed.json()["state"] in ("queued", "running", "succeeded")
+    again = await system.client.post(f"/v1/tasks/{task_id}/retry")  # a double click: nothing runs twice
+    assert again.status_code == 409 and again.json()["error"]["code"] == "not_dead"
+    result = await system.wait_processed("r")
+    assert [i["result"] for i in result["items"]] == [1000, 1001, 1002]
+    await wait_for(lambda: _is(state, "succeeded"), what="the replayed task succeeded")
+    assert len(effect_processings.REFUSE_ONCE_CALLS) == 2
+    assert (await system.client.post(f"/v1/tasks/{task_id}/retry")).status_code == 409
+    assert (
+        await system.client.post("/v1/tasks/00000000-0000-0000-0000-000000000000/retry")
+    ).status_code == 404
+
+
+async def _is(state: Callable[[], Awaitable[str]], wanted: str) -> bool:
+    return await state() == wanted

@@ -481,6 +481,44 @@ async def finish_poll_task(
     )
 
 
+async def replay_task(conn: AsyncConnection, task_id: uuid.UUID) -> tuple[str, Any]:
+    """Make a dead poll task run again: back to queued, its failed items pending with fresh attempts (and
+    their requests no longer processed).
+
+    Answers ("replayed", row), ("not_dead", row) or ("missing", None). Only a dead task is replayed, so
+    two replays of one task run it once."""
+    row = (
+        await conn.execute(
+            text("SELECT id, kind, state, processing, batch_size FROM tasks WHERE id = :id FOR UPDATE"),
+            {"id": task_id},
+        )
+    ).first()
+    if row is None:
+        return "missing", None
+    if row.state != "dead":
+        return "not_dead", row
+    await conn.execute(
+        text("UPDATE tasks SET state = 'queued', updated_at = now(), finished_at = NULL WHERE id = :id"),
+        {"id": task_id},
+    )
+    await conn.execute(
+        text(
+            """
+            WITH reset AS (
+                UPDATE items SET state = 'pending', attempts = 0, error = NULL, not_before = NULL,
+                                 updated_at = now()
+                WHERE claim_task_id = :id AND state = 'failed'
+                RETURNING request_task_id
+            )
+            UPDATE requests SET processed = false, processed_at = NULL
+            WHERE task_id IN (SELECT request_task_id FROM reset)
+            """
+        ),
+        {"id": task_id},
+    )
+    return "replayed", row
+
+
 async def record_poll_task(engine: AsyncEngine, task_id: uuid.UUID, processing: str, batch_size: int) -> bool:
     """The publisher's record of a poll task, before it publishes it; False if it exists already."""
     async with engine.begin() as conn:

@@ -52,6 +52,7 @@ class GatewayApp(tornado.web.Application):
                 (r"/v1/requests/([^/]+)", RequestStatusHandler),
                 (r"/v1/tasks", TasksHandler),
                 (r"/v1/tasks/([^/]+)", TaskHandler),
+                (r"/v1/tasks/([^/]+)/retry", TaskRetryHandler),
                 (r"/v1/openapi\.json", OpenApiHandler),
                 (r"/number_request", LegacyHandler),
                 *admin.ROUTES,
@@ -153,6 +154,38 @@ class TasksHandler(BaseHandler):
         self.write_json({"tasks": tasks, "next_cursor": validation.encode_cursor(following)})
 
 
+class TaskRetryHandler(BaseHandler):
+    """``POST /v1/tasks/{task_id}/retry``: replay a dead poll task (a second call runs nothing)."""
+
+    route = "/v1/tasks/{task_id}/retry"
+
+    async def post(self, raw_id: str) -> None:
+        task_id = validation.parse_task_id(raw_id)
+        if task_id is None:
+            raise ApiError(404, "not_found", "no task with this id", "task_id")
+        async with self.app.engine.begin() as conn:
+            outcome, row = await store.replay_task(conn, task_id)
+            if outcome == "missing":
+                raise ApiError(404, "not_found", "no task with this id", "task_id")
+            if outcome == "not_dead":
+                raise ApiError(
+                    409, "not_dead", f"only a dead task can be replayed; this one is {row.state}", "task_id"
+                )
+            # Published before the commit: should the commit fail, the task is still dead and the message
+            # is skipped by the processor; the client replays again.
+            replay = events.PollTask(
+                task_id=task_id,
+                processing=row.processing,
+                batch_size=row.batch_size,
+                tick_key=f"replay-{uuid.uuid4().hex}",
+            )
+            await self.app.publish(
+                events.poll_subject(row.processing), replay.model_dump_json().encode(), replay.msg_id
+            )
+        task = await store.get_task(self.app.engine, task_id)
+        self.write_json(task, 202)
+
+
 class TaskHandler(BaseHandler):
     route = "/v1/tasks/{task_id}"
 
@@ -206,13 +239,16 @@ class LegacyHandler(BaseHandler):
             self.request.body, self.request.headers.get("Content-Type"), self.request.query_arguments
         )
         rid: str | None = None
+        if "rid" in lookup:  # checked even beside a task_id: a malformed rid is an error, not ignored
+            if lookup["rid"] is None:
+                raise ApiError(422, "invalid_type", "rid must be an integer or a string", "rid")
+            rid, _ = validation.parse_rid(lookup["rid"], self.app.squall.gateway.max_rid_length)
         if "task_id" in lookup:
             task_id = validation.parse_task_id(str(lookup["task_id"]))
             rid = await store.rid_of_task(self.app.engine, task_id) if task_id else None
             if rid is None:
                 raise ApiError(404, "not_found", "no request with this task_id", "task_id")
-        else:
-            rid, _ = validation.parse_rid(lookup["rid"], self.app.squall.gateway.max_rid_length)
+        assert rid is not None
         request = await store.get_request(self.app.engine, rid)
         if request is None:
             raise ApiError(404, "not_found", "no request with this rid", "rid")

@@ -264,6 +264,16 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
                 },
             }
         },
+        "/v1/tasks/{task_id}/retry": {
+            "post": {
+                "operationId": "retryTask",
+                "summary": "Replay a dead poll task: its failed items get fresh attempts (again: 409).",
+                "parameters": [
+                    {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"202": _json(_ref("Task"), "Queued again."), **_errors(404, 409, 503)},
+            }
+        },
         "/v1/tasks/{task_id}": {
             "get": {
                 "operationId": "getTask",

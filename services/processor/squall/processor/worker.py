@@ -261,7 +261,10 @@ class Processor:
                     [o[3] for o in outcomes],
                 )
                 await store.mark_processed(conn, touched)
-            state = "failed" if batch_error else "succeeded"
+            state = "succeeded"
+            if batch_error:
+                # Dead: no attempt left (or a permanent error); an operator may replay it.
+                state = "failed" if any(o[0] == "pending" for o in outcomes) else "dead"
             await store.finish_poll_task(conn, task.task_id, state, len(claimed), batch_error)
         metrics.TASKS.labels("poll", task.processing, state).inc()
         metrics.TASK_DURATION.labels("poll", task.processing).observe(time.perf_counter() - started)
