@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from squall.core.embedded import NatsServer
-from tests.integration.harness import System
+from tests.integration.harness import System, make_settings
 
 
 def _error(response: Any) -> dict[str, Any]:
@@ -138,3 +141,36 @@ async def test_nats_unreachable_answers_503_with_retry_after(
     from tests.integration.harness import wait_for
 
     await wait_for(accepted, what="accepted after NATS came back")
+
+
+async def test_slow_clients_are_cut_off(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    """A client that trickles its headers or its body loses the connection at the deadline, and the gateway
+    keeps answering everyone else meanwhile."""
+    settings = make_settings(
+        nats_url, database_url, gateway={"header_timeout_seconds": 1.0, "body_timeout_seconds": 1.0}
+    )
+    system = await system_factory(settings, processors=0)
+    port = int(system.base_url.rsplit(":", 1)[1])
+
+    async def trickle(first: bytes) -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        writer.write(first)
+        await writer.drain()
+        closed = await asyncio.wait_for(reader.read(), timeout=10)  # b"" (or an error page) once cut off
+        writer.close()
+        assert isinstance(closed, bytes)
+        return time.monotonic() - started
+
+    slow_headers = asyncio.create_task(trickle(b"POST /v1/requests HTTP/1.1\r\nHost: x\r\n"))
+    slow_body = asyncio.create_task(
+        trickle(
+            b"POST /v1/requests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"items": ['
+        )
+    )
+    # Others are served while the slow clients hang on.
+    assert (await system.client.get("/healthz")).status_code == 200
+    assert await slow_headers < 5 and await slow_body < 5

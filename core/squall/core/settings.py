@@ -27,6 +27,18 @@ class GatewaySettings(BaseModel):
     publish_timeout_seconds: float = Field(
         5.0, gt=0, le=60, description="How long to wait for JetStream to ack an event before answering 503."
     )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Time a client has to send a request's headers (and idle keep-alive).",
+    )
+    body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Time a client has to send a request's body (slow bodies are cut off).",
+    )
     shutdown_delay_seconds: float = Field(
         2.0,
         ge=0,

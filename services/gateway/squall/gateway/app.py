@@ -274,8 +274,9 @@ def make_server(app: GatewayApp) -> tornado.httpserver.HTTPServer:
         # Bodies up to twice the limit are read so the handler can answer a JSON 413; beyond that Tornado
         # itself refuses the request (400) and closes the connection without buffering it.
         max_body_size=2 * gw.max_body_bytes + 65536,
-        idle_connection_timeout=60,
-        body_timeout=30,
+        # Slow-loris clients are cut off: headers (and idle keep-alive) and bodies each have a deadline.
+        idle_connection_timeout=gw.header_timeout_seconds,
+        body_timeout=gw.body_timeout_seconds,
     )
 
 
