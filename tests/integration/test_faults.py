@@ -74,24 +74,21 @@ async def test_restarts_of_nats_and_postgres_under_load(
     load = Load(system.base_url)
     clients = [asyncio.create_task(load.client(i)) for i in range(8)]
     recovered: dict[str, float] = {}
+
+    async def restart(server: NatsServer | PostgresServer, what: str) -> None:
+        """Stop the server for 2 s under load, start it again, and time until intake flows again."""
+        server.stop()
+        await asyncio.sleep(2)
+        server.start()
+        started, before = time.monotonic(), len(load.accepted)
+        await wait_for(lambda: _grew(load, before), timeout=30, what=f"intake after the {what} restart")
+        recovered[what] = time.monotonic() - started
+        await asyncio.sleep(3)
+
     try:
         await asyncio.sleep(3)
-        # NATS restarts (its JetStream store survives on disk).
-        nats_server.stop()
-        await asyncio.sleep(2)
-        nats_server.start()
-        mark = (time.monotonic(), len(load.accepted))
-        await wait_for(lambda: _grew(load, mark[1]), timeout=30, what="intake after the NATS restart")
-        recovered["nats"] = time.monotonic() - mark[0]
-        await asyncio.sleep(3)
-        # PostgreSQL restarts.
-        own_postgres.stop()
-        await asyncio.sleep(2)
-        own_postgres.start()
-        mark = (time.monotonic(), len(load.accepted))
-        await wait_for(lambda: _grew(load, mark[1]), timeout=30, what="intake after the PostgreSQL restart")
-        recovered["postgres"] = time.monotonic() - mark[0]
-        await asyncio.sleep(3)
+        await restart(nats_server, "nats")  # its JetStream store survives on disk
+        await restart(own_postgres, "postgres")
     finally:
         load.running = False
         await asyncio.gather(*clients)
