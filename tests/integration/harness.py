@@ -137,7 +137,8 @@ class System:
             batch_size=batch_size,
             tick_key=key,
         )
-        await store.record_poll_task(self.engine, task.task_id, processing, batch_size)
+        async with self.engine.begin() as conn:
+            await store.record_poll_tasks(conn, [(task.task_id, processing, batch_size)])
         nc = await nats.connect(self.settings.nats_url)
         try:
             await nc.jetstream().publish(

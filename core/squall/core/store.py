@@ -230,13 +230,6 @@ async def get_request(engine: AsyncEngine, rid: str) -> dict[str, Any] | None:
     }
 
 
-async def task_id_of_rid(engine: AsyncEngine, rid: str) -> uuid.UUID | None:
-    async with statements(engine) as conn:
-        return (
-            await conn.execute(text("SELECT task_id FROM requests WHERE rid = :rid"), {"rid": rid})
-        ).scalar()
-
-
 async def rid_of_task(engine: AsyncEngine, task_id: uuid.UUID) -> str | None:
     async with statements(engine) as conn:
         return (
@@ -517,23 +510,6 @@ async def replay_task(conn: AsyncConnection, task_id: uuid.UUID) -> tuple[str, A
         {"id": task_id},
     )
     return "replayed", row
-
-
-async def record_poll_task(engine: AsyncEngine, task_id: uuid.UUID, processing: str, batch_size: int) -> bool:
-    """The publisher's record of a poll task, before it publishes it; False if it exists already."""
-    async with engine.begin() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    """
-                    INSERT INTO tasks (id, kind, processing, batch_size) VALUES (:id, 'poll', :p, :b)
-                    ON CONFLICT (id) DO NOTHING RETURNING id
-                    """
-                ),
-                {"id": task_id, "p": processing, "b": batch_size},
-            )
-        ).first()
-    return row is not None
 
 
 # --- scheduler: leadership, instances, schedules, ticks -------------------------------------------------
