@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -42,6 +44,34 @@ def setup() -> None:
     STAMP.write_text(digest)
 
 
+def ensure_promtool() -> None:
+    """promtool (the Prometheus rule checker the tests run) in the venv's bin, when none is on PATH.
+
+    No PyPI package ships it; Debian's ``prometheus`` package does. Only promtool is taken out of the
+    downloaded package (it needs nothing but libc): installing the package itself would add a Prometheus
+    server and its service. ``apt-get update`` runs only as root and only if the download fails without it.
+    """
+    if (BIN / "promtool").exists() or shutil.which("promtool"):
+        return
+    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        sys.stderr.write("promtool is missing: install Prometheus 2.x's promtool on PATH (docs/runbook.md)\n")
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chmod(scratch, 0o777)  # apt downloads as its own unprivileged user when it can
+
+        def download() -> bool:
+            return subprocess.run(["apt-get", "download", "prometheus"], cwd=scratch).returncode == 0
+
+        if not download() and not (
+            os.geteuid() == 0 and subprocess.run(["apt-get", "update", "-qq"]).returncode == 0 and download()
+        ):
+            sys.stderr.write("promtool is missing and Debian's prometheus package could not be fetched\n")
+            return
+        package = next(Path(scratch).glob("prometheus_*.deb"))
+        run("dpkg-deb", "-x", package, Path(scratch) / "root")
+        shutil.copy2(Path(scratch) / "root" / "usr" / "bin" / "promtool", BIN / "promtool")
+
+
 PYTHON_SOURCES = ("core", "services", "tests", "bench", "tasks.py")
 
 
@@ -60,6 +90,7 @@ def main() -> None:
         sys.stdout.write(__doc__ or "")
         return
     setup()
+    ensure_promtool()
     if task == "setup":
         return
     if task == "dev":
