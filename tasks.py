@@ -72,7 +72,7 @@ def ensure_promtool() -> None:
         shutil.copy2(Path(scratch) / "root" / "usr" / "bin" / "promtool", BIN / "promtool")
 
 
-PYTHON_SOURCES = ("core", "services", "tests", "bench", "tasks.py")
+PYTHON_SOURCES = ("core", "services", "tests", "bench", "deploy", "tasks.py")
 
 
 def lint() -> None:
