@@ -1,4 +1,5 @@
-"""Logging: JSON lines in containers, readable text locally. Context fields ride on ``extra=``."""
+"""Logging: JSON lines in containers, readable text locally. Context fields ride on ``extra=`` or come from
+the current unit of work (``squall.core.tracing``: trace id, task_id, rid, processing, attempt)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,21 @@ import time
 
 import orjson
 
-CONTEXT_FIELDS = ("task_id", "rid", "processing", "attempt", "subject", "count", "error")
+from squall.core.tracing import ContextFilter
+
+CONTEXT_FIELDS = (
+    "task_id",
+    "rid",
+    "processing",
+    "attempt",
+    "subject",
+    "count",
+    "error",
+    "trace_id",
+    "span_id",
+)
+# Text lines (local development) stay short: the span id only matters to tracing tools.
+_TEXT_FIELDS = tuple(f for f in CONTEXT_FIELDS if f != "span_id")
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,7 +54,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s " + service + " %(message)s%(context)s", "%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        context = [f"{f}={record.__dict__[f]}" for f in CONTEXT_FIELDS if record.__dict__.get(f) is not None]
+        context = [f"{f}={record.__dict__[f]}" for f in _TEXT_FIELDS if record.__dict__.get(f) is not None]
         record.context = (" " + " ".join(context)) if context else ""
         return super().format(record)
 
@@ -47,6 +62,7 @@ class TextFormatter(logging.Formatter):
 def configure_logging(service: str, log_format: str = "json", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service) if log_format == "json" else TextFormatter(service))
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
