@@ -120,3 +120,13 @@ async def system_factory() -> AsyncIterator[Callable[..., Awaitable[System]]]:
 @pytest.fixture
 async def system(settings: Settings, system_factory: Callable[..., Awaitable[System]]) -> System:
     return await system_factory(settings)
+
+
+@pytest.fixture
+async def own_postgres(tmp_path: Path) -> AsyncIterator[PostgresServer]:
+    """A migrated PostgreSQL of this test's own, so it can be restarted without touching the others'."""
+    server = PostgresServer(tmp_path / "pg")
+    server.start()
+    await migrate.upgrade_async(make_settings("nats://127.0.0.1:1", server.url))
+    yield server
+    server.stop()

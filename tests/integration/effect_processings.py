@@ -58,3 +58,15 @@ def refuse_once(numbers: list[int]) -> list[int]:
     if len(REFUSE_ONCE_CALLS) == 1:
         raise PermanentError("input file missing")
     return [n + 1000 for n in numbers]
+
+
+@processing(name="campaign", mode="batch", batch_size=40, timeout_seconds=30)
+async def campaign(numbers: list[int]) -> list[int]:
+    """The fault campaign's batch processing: slow enough that SIGKILLs land mid-batch; every computation
+    is appended to the effect log (re-executions after a kill show there, never as a second result)."""
+    await asyncio.sleep(0.3)
+    path = os.environ.get(EFFECT_LOG_ENV)
+    if path:
+        with open(path, "a") as log:
+            log.write("".join(f"{n}\n" for n in numbers))
+    return [n * 3 for n in numbers]

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,7 @@ def make_settings(nats_url: str, database_url: str, **overrides: Any) -> Setting
         "scheduler": {"default_interval_seconds": 0.2, "http_port": 0},
         "gateway": {"port": 0, "host": "127.0.0.1"},
         "nats": {"connect_retry_seconds": 5.0},
+        "auth": {"required": False},  # tests/integration/test_auth.py covers the default (required)
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -207,44 +208,103 @@ async def start_system(settings: Settings, stack: AsyncExitStack, processors: in
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class ProcessorProcesses:
-    """``squall processor`` as real OS processes (what a container runs)."""
+class SteadyLoad:
+    """HTTP clients submitting requests with their own rids, each retried (same rid) until accepted: the
+    way a careful client behaves during an outage. ``accepted`` is what the gateway promised to process."""
 
-    def __init__(self, settings: Settings, effect_log: Path, log_dir: Path) -> None:
+    def __init__(self, base_url: str, jobs: Sequence[str], items: int, pause: float = 0.01) -> None:
+        self.base_url = base_url
+        self.jobs = list(jobs)
+        self.items = items
+        self.pause = pause
+        self.accepted: dict[str, tuple[str, list[int]]] = {}  # rid -> (job, numbers)
+        self.refusals = 0
+        self.running = True
+
+    async def client(self, index: int) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=10.0) as http:
+            sequence = 0
+            while self.running:
+                rid = f"c{index}-{sequence}"
+                job = self.jobs[sequence % len(self.jobs)]
+                numbers = [(index * 1_000_000 + sequence) * 100 + i for i in range(self.items)]
+                body = {"rid": rid, "items": [{"number": n, "job": job} for n in numbers]}
+                while True:
+                    try:
+                        response = await http.post("/v1/requests", json=body)
+                    except httpx.HTTPError:
+                        response = None
+                    if response is not None and response.status_code in (200, 202):
+                        self.accepted[rid] = (job, numbers)
+                        break
+                    assert response is None or response.status_code == 503, response.text
+                    self.refusals += 1
+                    await asyncio.sleep(0.2)
+                sequence += 1
+                await asyncio.sleep(self.pause)
+
+
+class ServiceProcesses:
+    """``squall <role>`` as real OS processes (what a container runs), by instance name."""
+
+    def __init__(self, settings: Settings, log_dir: Path, **env: str) -> None:
         self.settings = settings
-        self.effect_log = effect_log
         self.log_dir = log_dir
-        self.running: list[subprocess.Popen[bytes]] = []
+        self.env = env
+        self.by_name: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, **extra_env: str) -> subprocess.Popen[bytes]:
+    @property
+    def running(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.by_name.values() if p.poll() is None]
+
+    def start(self, role: str, name: str, **extra_env: str) -> subprocess.Popen[bytes]:
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")},
             "PYTHONPATH": str(ROOT),
             "SQUALL_NATS_URL": self.settings.nats_url,
             "SQUALL_DATABASE_URL": self.settings.database_url,
-            "SQUALL_PROCESSING_MODULES": "tests.integration.effect_processings",
-            "SQUALL_PROCESSOR__ACK_WAIT_SECONDS": "2",
-            "SQUALL_PROCESSOR__LEASE_SECONDS": "2",
             "SQUALL_PROCESSOR__HTTP_PORT": "0",
+            "SQUALL_SCHEDULER__HTTP_PORT": "0",
             "SQUALL_INSTANCE_ID": name,
             "SQUALL_LOG_FORMAT": "text",
-            "SQUALL_TEST_EFFECT_LOG": str(self.effect_log),
+            **self.env,
             **extra_env,
         }
-        with open(self.log_dir / f"{name}.log", "wb") as out:
+        with open(self.log_dir / f"{name}.log", "ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "squall.core.cli", "processor"], env=env, stdout=out, stderr=out
+                [sys.executable, "-m", "squall.core.cli", role], env=env, stdout=out, stderr=out
             )
-        self.running.append(process)
+        self.by_name[name] = process
         return process
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no shutdown code runs, as when a node dies or the OOM killer strikes."""
+        self.by_name[name].send_signal(signal.SIGKILL)
+        self.by_name[name].wait()
 
     def stop_all(self) -> None:
         for process in self.running:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.running:
+            process.send_signal(signal.SIGTERM)
+        for process in self.by_name.values():
             try:
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+class ProcessorProcesses(ServiceProcesses):
+    """``squall processor`` processes running the test processings, which log their effects to a file."""
+
+    def __init__(self, settings: Settings, effect_log: Path, log_dir: Path) -> None:
+        super().__init__(
+            settings,
+            log_dir,
+            SQUALL_PROCESSING_MODULES="tests.integration.effect_processings",
+            SQUALL_PROCESSOR__ACK_WAIT_SECONDS="2",
+            SQUALL_PROCESSOR__LEASE_SECONDS="2",
+            SQUALL_TEST_EFFECT_LOG=str(effect_log),
+        )
+
+    def start(self, name: str, **extra_env: str) -> subprocess.Popen[bytes]:  # type: ignore[override]
+        return super().start("processor", name, **extra_env)

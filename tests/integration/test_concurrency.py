@@ -8,10 +8,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+import httpx
 import nats
 from prometheus_client import REGISTRY
 
 from squall.core import broker, events, store
+from squall.core.embedded import free_port
+from squall.core.http import start_ops_server
 from squall.processor.worker import Processor
 from tests.integration import effect_processings
 from tests.integration.harness import System, make_settings, plain_dsn, wait_for
@@ -148,13 +151,23 @@ async def test_a_stuck_batch_makes_the_processor_not_ready(
         async def stalled() -> list[str]:
             return [p for p in await processor.problems() if p.startswith("stalled")]
 
-        await wait_for(stalled, timeout=15, what="readiness to report the stuck batch")
-        await lock.rollback()  # the lock goes: the batch completes, the processor is ready again
+        port = free_port()
+        ops = start_ops_server(port, processor.problems, "127.0.0.1", processor.stalls)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as probe:
+            assert (await probe.get("/healthz")).status_code == 200
+            await wait_for(stalled, timeout=15, what="readiness to report the stuck batch")
+            # Liveness fails too: Kubernetes restarts a stuck processor instead of leaving it "healthy".
+            for path in ("/healthz", "/readyz"):
+                answer = await probe.get(path)
+                assert answer.status_code == 503 and answer.json()["problems"][0].startswith("stalled"), path
+            await lock.rollback()  # the lock goes: the batch completes, the processor is ready again
 
-        async def ready() -> bool:
-            return await processor.problems() == []
+            async def ready() -> bool:
+                return await processor.problems() == []
 
-        await wait_for(ready, what="ready again")
+            await wait_for(ready, what="ready again")
+            assert (await probe.get("/healthz")).status_code == 200
+        ops.stop()
         assert (await system.request_state("stuck"))["recorded"] is True
     finally:
         await blocker.close()

@@ -4,56 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
-import httpx
 import pytest
 
-from squall.core import migrate
 from squall.core.embedded import NatsServer, PostgresServer
-from tests.integration.harness import System, make_settings, wait_for
-
-
-@pytest.fixture
-async def own_postgres(tmp_path: Path) -> AsyncIterator[PostgresServer]:
-    """A PostgreSQL of this test's own, so it can be restarted without touching the others'."""
-    server = PostgresServer(tmp_path / "pg")
-    server.start()
-    await migrate.upgrade_async(make_settings("nats://127.0.0.1:1", server.url))
-    yield server
-    server.stop()
-
-
-class Load:
-    """Clients submitting requests with their own rids, retrying each (same rid) until it is accepted."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.accepted: dict[str, int] = {}
-        self.refusals = 0
-        self.running = True
-
-    async def client(self, index: int) -> None:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=10.0) as http:
-            sequence = 0
-            while self.running:
-                rid = f"c{index}-{sequence}"
-                job = "sum" if sequence % 2 else "mul"
-                body = {"rid": rid, "items": [{"number": sequence * 10 + i, "job": job} for i in range(5)]}
-                while True:
-                    try:
-                        response = await http.post("/v1/requests", json=body)
-                    except httpx.HTTPError:
-                        response = None
-                    if response is not None and response.status_code in (200, 202):
-                        self.accepted[rid] = 5
-                        break
-                    assert response is None or response.status_code == 503, response.text
-                    self.refusals += 1
-                    await asyncio.sleep(0.2)
-                sequence += 1
-                await asyncio.sleep(0.01)
+from tests.integration.harness import SteadyLoad, System, make_settings, wait_for
 
 
 @pytest.mark.slow
@@ -71,7 +27,7 @@ async def test_restarts_of_nats_and_postgres_under_load(
     )
     system = await system_factory(settings, processors=2)
     await system.start_scheduler()
-    load = Load(system.base_url)
+    load = SteadyLoad(system.base_url, jobs=("mul", "sum"), items=5)
     clients = [asyncio.create_task(load.client(i)) for i in range(8)]
     recovered: dict[str, float] = {}
 
@@ -111,5 +67,5 @@ async def test_restarts_of_nats_and_postgres_under_load(
     )
 
 
-async def _grew(load: Load, before: int) -> bool:
+async def _grew(load: SteadyLoad, before: int) -> bool:
     return len(load.accepted) > before + 5

@@ -86,6 +86,7 @@ async def test_gateway_sigterm_reports_not_ready_then_exits_zero(settings: Setti
         "SQUALL_GATEWAY__PORT": str(port),
         "SQUALL_GATEWAY__HOST": "127.0.0.1",
         "SQUALL_GATEWAY__SHUTDOWN_DELAY_SECONDS": "1.5",
+        "SQUALL_AUTH__REQUIRED": "false",
     }
     with open(tmp_path / "gateway.log", "wb") as log:
         gateway = subprocess.Popen(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
+import ssl
+from typing import Any
 
 import nats
 import nats.errors
@@ -22,16 +24,36 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError
 
 from squall.core import events
-from squall.core.settings import Settings, redact_url
+from squall.core.settings import NatsSettings, Settings, redact_url
 
 log = logging.getLogger(__name__)
 
 
+def _is_refusal(exc: Exception) -> bool:
+    """The server refused the credentials (nats-py reports its -ERR as a plain Error during connect)."""
+    text = str(exc).lower()
+    return isinstance(exc, nats.errors.AuthorizationError) or (
+        isinstance(exc, nats.errors.Error) and ("authorization violation" in text or "authentication" in text)
+    )
+
+
+class NatsUnavailable(Exception):
+    """The first connection failed within the retry window, or the server refused our credentials."""
+
+
 async def connect(settings: Settings, name: str) -> Client:
-    """Connect, retrying at start and reconnecting forever afterwards."""
+    """Connect, retrying for ``connect_retry_seconds`` at start and reconnecting forever afterwards.
+
+    nats-py retries a first connection forever when reconnects are unlimited, whatever the error, so the
+    window is enforced here; refused credentials end it at once (they will not fix themselves).
+    """
+    nc = Client()
+    refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats: %s", exc)
+        if _is_refusal(exc) and not nc.is_connected and not refused.done():
+            refused.set_result(exc)
 
     async def on_disconnect() -> None:
         log.warning("nats: disconnected")
@@ -40,30 +62,55 @@ async def connect(settings: Settings, name: str) -> Client:
         log.info("nats: reconnected")
 
     log.info("connecting to NATS at %s", redact_url(settings.nats_url))
-    deadline = time.monotonic() + settings.nats.connect_retry_seconds
-    delay = 0.2
-    while True:
-        try:
-            return await nats.connect(
-                servers=[s.strip() for s in settings.nats_url.split(",")],
-                name=name,
-                connect_timeout=settings.nats.connect_timeout_seconds,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-                # Publishes buffered while reconnecting: bounded, so a dead server cannot eat memory.
-                pending_size=8 * 1024 * 1024,
-            )
-        except (OSError, nats.errors.Error) as exc:
-            # The first connection is retried here; once connected, the client reconnects by itself.
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("NATS not reachable yet (%s); retrying in %.1f s", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    options: dict[str, Any] = {
+        "servers": [s.strip() for s in settings.nats_url.split(",")],
+        "name": name,
+        "connect_timeout": settings.nats.connect_timeout_seconds,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+        # Publishes buffered while reconnecting: bounded, so a dead server cannot eat memory.
+        "pending_size": 8 * 1024 * 1024,
+        **auth_options(settings.nats),
+    }
+    connecting: asyncio.Future[Any] = asyncio.ensure_future(nc.connect(**options))
+    window = max(settings.nats.connect_retry_seconds, settings.nats.connect_timeout_seconds)
+    waiting: set[asyncio.Future[Any]] = {connecting, refused}
+    await asyncio.wait(waiting, timeout=window, return_when=asyncio.FIRST_COMPLETED)
+    if connecting.done() and connecting.exception() is None:
+        return nc
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    with contextlib.suppress(Exception):
+        await nc.close()
+    if refused.done():
+        raise NatsUnavailable(f"NATS refused the credentials: {refused.result()}")
+    if connecting.done() and not connecting.cancelled() and connecting.exception() is not None:
+        raise NatsUnavailable(f"cannot connect to NATS: {connecting.exception()}")
+    raise NatsUnavailable(f"NATS not reachable within {window:g} s (SQUALL_NATS__CONNECT_RETRY_SECONDS)")
+
+
+def auth_options(nats_settings: NatsSettings) -> dict[str, Any]:
+    """nats-py connect options for the configured credentials and TLS (none by default)."""
+    options: dict[str, Any] = {}
+    if nats_settings.user is not None:
+        options["user"] = nats_settings.user
+        if nats_settings.password is not None:
+            options["password"] = nats_settings.password.get_secret_value()
+    if nats_settings.credentials_file:
+        options["user_credentials"] = nats_settings.credentials_file
+    if nats_settings.nkey_seed_file:
+        options["nkeys_seed"] = nats_settings.nkey_seed_file
+    if nats_settings.tls_ca_file or nats_settings.tls_cert_file:
+        context = ssl.create_default_context(cafile=nats_settings.tls_ca_file)
+        if nats_settings.tls_cert_file and nats_settings.tls_key_file:
+            context.load_cert_chain(nats_settings.tls_cert_file, nats_settings.tls_key_file)
+        options["tls"] = context
+    return options
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:

@@ -80,6 +80,67 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokens(args: argparse.Namespace) -> int:
+    """``squall tokens create|list|revoke``: API tokens in PostgreSQL (or an entry for a tokens file)."""
+    import asyncio
+
+    from squall.core import auth, store
+    from squall.core.db import create_engine
+
+    if args.action == "create":
+        if not auth.TOKEN_NAME.fullmatch(args.name):
+            _err("squall tokens: NAME must be 1-63 of a-z 0-9 _ . - starting with a letter or digit")
+            return 2
+        token = auth.new_token()
+        entry: dict[str, Any] = {
+            "name": args.name,
+            "scopes": sorted(set(args.scope)),
+            "sha256": auth.token_digest(token),
+        }
+        if args.rate is not None:
+            entry["rate_per_second"] = args.rate
+        if args.burst is not None:
+            entry["burst"] = args.burst
+        if args.file_entry:  # for a tokens file (a Secret): nothing is stored here
+            _out(json.dumps({"token": token, "entry": entry}, indent=2))
+            return 0
+
+    settings = load_settings()
+
+    async def run() -> int:
+        engine = create_engine(settings, pool_size=1)
+        try:
+            if args.action == "create":
+                try:
+                    await store.create_token(
+                        engine, args.name, entry["sha256"], entry["scopes"], args.rate, args.burst
+                    )
+                except store.TokenExists:
+                    _err(f"squall tokens: a token named {args.name!r} exists (names are not reused)")
+                    return 1
+                _err(f"token {args.name!r} ({', '.join(entry['scopes'])}) created; it is shown once, here:")
+                _out(token)
+            elif args.action == "list":
+                _out(json.dumps(await store.list_tokens(engine), indent=2))
+            elif not await store.revoke_token(engine, args.name):
+                _err(f"squall tokens: no live token named {args.name!r}")
+                return 1
+            else:
+                forget = settings.auth.cache_seconds
+                _err(f"token {args.name!r} revoked (gateways forget it within {forget:g} s)")
+            return 0
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from squall.core import top
+
+    return top.run(args.url, args.token, args.interval, args.once)
+
+
 # --- client -------------------------------------------------------------------------------------------
 
 
@@ -92,9 +153,10 @@ class ApiFailure(Exception):
 
 def _call(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if token := os.environ.get("SQUALL_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null")
@@ -183,10 +245,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         _err(f"squall status: cannot reach {args.url}: {exc}")
         return 1
     _out(json.dumps(answer, indent=2))
+    if args.wait > 0 and not finished:  # scripts (and the chart's helm test) rely on the exit code
+        _err(f"squall status: not finished after {args.wait:g} s")
+        return 3
     return 0
 
 
 # --- parser -------------------------------------------------------------------------------------------
+
+
+def _at_least(low: float, kind: type[Any]) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +288,36 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(name, help=text).set_defaults(func=func)
 
+    tokens = sub.add_parser("tokens", help="create, list or revoke API tokens (in PostgreSQL)")
+    tokens_sub = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = tokens_sub.add_parser("create", help="make a token and print it once")
+    create.add_argument("name", help="a name for people and logs (a-z 0-9 _ . -)")
+    create.add_argument(
+        "--scope",
+        action="append",
+        choices=["submit", "read", "admin"],
+        required=True,
+        help="submit, read or admin (admin grants everything); repeat for several",
+    )
+    create.add_argument(
+        "--rate",
+        type=_at_least(0.0, float),
+        default=None,
+        help="requests/s (default: SQUALL_AUTH__RATE_PER_SECOND; 0: unlimited)",
+    )
+    create.add_argument(
+        "--burst", type=_at_least(1, int), default=None, help="requests at once (default: one second's rate)"
+    )
+    create.add_argument(
+        "--file-entry",
+        action="store_true",
+        help="store nothing; print the token and its entry for SQUALL_AUTH__TOKENS_FILE",
+    )
+    tokens_sub.add_parser("list", help="list tokens (never the tokens themselves)")
+    revoke = tokens_sub.add_parser("revoke", help="revoke a token")
+    revoke.add_argument("name")
+    tokens.set_defaults(func=cmd_tokens)
+
     mig = sub.add_parser("migrate", help="apply database migrations (Alembic)")
     mig.add_argument("--revision", default="head", help="target revision (default head)")
     mig.set_defaults(func=cmd_migrate)
@@ -231,11 +336,31 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a task (by id) or a request (by --rid)")
     status.add_argument("task_id", nargs="?", help="task id")
     status.add_argument("--rid", default=None, help="request id")
-    status.add_argument("--wait", type=float, default=0.0, help="seconds to wait for it to finish")
+    status.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="seconds to wait for it to finish (exit status 3 if it has not by then)",
+    )
     status.add_argument(
         "--url", default=DEFAULT_URL, help=f"gateway URL (default {DEFAULT_URL}, or SQUALL_URL)"
     )
     status.set_defaults(func=cmd_status)
+
+    top = sub.add_parser(
+        "top", help="a live view: intake and completion rates, backlog, dependencies, dead letters"
+    )
+    top.add_argument("--url", default=DEFAULT_URL, help=f"gateway URL (default {DEFAULT_URL}, or SQUALL_URL)")
+    top.add_argument(
+        "--token",
+        default=os.environ.get("SQUALL_TOKEN"),
+        help="API token with the read scope (default: SQUALL_TOKEN)",
+    )
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    top.add_argument(
+        "--once", action="store_true", help="print one screen (two reads --interval apart) and exit"
+    )
+    top.set_defaults(func=cmd_top)
     return parser
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from squall.core import metrics
 from squall.core.settings import Settings
 
 metadata = MetaData()
@@ -54,6 +55,7 @@ tasks = Table(
     CheckConstraint("(kind = 'request') = (rid IS NOT NULL)", name="tasks_request_has_rid"),
     CheckConstraint("(kind = 'poll') = (processing IS NOT NULL)", name="tasks_poll_has_processing"),
     Index("tasks_state_kind", "state", "kind"),
+    Index("tasks_dead_processing", "processing", postgresql_where=text("state = 'dead'")),
 )
 
 requests = Table(
@@ -113,8 +115,37 @@ items = Table(
 )
 
 
+# --- counts (see store.read_stats) -------------------------------------------------------------------------
+
+STAT_COUNTERS = ("requests_recorded", "requests_processed", "items_recorded", "items_done", "items_failed")
+_COUNTER_CHECK = f"counter IN {STAT_COUNTERS}"
+
+stat_totals = Table(
+    "stat_totals",
+    metadata,
+    Column("counter", Text, nullable=False),
+    Column("processing", Text, nullable=False, comment="'' for request counters."),
+    Column("n", BigInteger, nullable=False),
+    PrimaryKeyConstraint("counter", "processing", name="stat_totals_pkey"),
+    CheckConstraint(_COUNTER_CHECK, name="stat_totals_counter"),
+    comment="Folded counts (see stat_deltas).",
+)
+
+# Appended to by every transaction that changes a count (no row lock: concurrent writers never wait on a
+# counter row), folded into stat_totals every few seconds by the processors.
+stat_deltas = Table(
+    "stat_deltas",
+    metadata,
+    Column("counter", Text, nullable=False),
+    Column("processing", Text, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    CheckConstraint(_COUNTER_CHECK, name="stat_deltas_counter"),
+    comment="Changes of the counts not folded into stat_totals yet.",
+)
+
+
 def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         pool_size=pool_size or settings.database_pool_size,
         max_overflow=0,
@@ -123,6 +154,8 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
         # Statements are built per call from text(); asyncpg's own prepared-statement cache does the rest.
         connect_args={"server_settings": {"application_name": "squall"}},
     )
+    metrics.watch_pool(engine.pool)
+    return engine
 
 
 # --- scheduler ---------------------------------------------------------------------------------------------
@@ -230,4 +263,25 @@ processing_settings = Table(
     Column("paused", Boolean, nullable=False, server_default="false"),
     Column("dependencies", ARRAY(Text), comment="Overrides the registration's dependencies when set."),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+TOKEN_SCOPES = ("submit", "read", "admin")
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("token_sha256", Text, nullable=False, unique=True, comment="The token itself is never stored."),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("rate_per_second", Float, comment="Overrides the default rate limit; 0 means unlimited."),
+    Column("burst", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
+    CheckConstraint("name ~ '^[a-z0-9][a-z0-9_.-]{0,62}$'", name="api_tokens_name"),
+    CheckConstraint("token_sha256 ~ '^[0-9a-f]{64}$'", name="api_tokens_digest"),
+    CheckConstraint(
+        f"cardinality(scopes) >= 1 AND scopes <@ ARRAY{list(TOKEN_SCOPES)}::text[]", name="api_tokens_scopes"
+    ),
+    CheckConstraint("rate_per_second IS NULL OR rate_per_second >= 0", name="api_tokens_rate"),
+    CheckConstraint("burst IS NULL OR burst >= 1", name="api_tokens_burst"),
 )

@@ -88,7 +88,13 @@ class Supervisor:
     # --- children -----------------------------------------------------------------------------------------
 
     def plan(self, base_env: dict[str, str]) -> None:
-        common = {**os.environ, **base_env, "SQUALL_LOG_FORMAT": os.environ.get("SQUALL_LOG_FORMAT", "text")}
+        common = {
+            **os.environ,
+            **base_env,
+            "SQUALL_LOG_FORMAT": os.environ.get("SQUALL_LOG_FORMAT", "text"),
+            # Open by default on a laptop; SQUALL_AUTH__REQUIRED=true tries the production behaviour.
+            "SQUALL_AUTH__REQUIRED": os.environ.get("SQUALL_AUTH__REQUIRED", "false"),
+        }
         role = [sys.executable, "-m", "squall.core.cli"]
         self.children.append(
             Child(
@@ -235,10 +241,15 @@ class Supervisor:
                 await self.spawn(child)
             watchers = [asyncio.create_task(self.watch(c)) for c in self.children]
             url = f"http://{self.options.host}:{self.options.port}"
+            access = (
+                "tokens required: make one with `squall tokens create NAME --scope admin`"
+                if settings.auth.required and "SQUALL_AUTH__REQUIRED" in os.environ
+                else "OPEN: no authentication in dev"
+            )
             log.info(
-                "Squall is running at %s (open: no authentication in dev) — try: curl -s %s/readyz; "
-                "state in %s; Ctrl-C stops everything",
+                "Squall is running at %s (%s) — try: curl -s %s/readyz; state in %s; Ctrl-C stops everything",
                 url,
+                access,
                 url,
                 self.state_file,
             )

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 PG_OS_USER = "squall-pg"
@@ -174,10 +174,17 @@ class _Server:
 class NatsServer(_Server):
     name = "nats"
 
-    def __init__(self, data_dir: Path, port: int | None = None, monitor_port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        monitor_port: int | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         super().__init__(port)
         self.data_dir = data_dir
         self.monitor_port = monitor_port or free_port()
+        self.extra_args = list(extra_args)  # e.g. authentication or TLS options
 
     @property
     def url(self) -> str:
@@ -208,6 +215,7 @@ class NatsServer(_Server):
             str(self.data_dir / "jetstream"),
             "-n",
             f"squall-{self.port}",
+            *self.extra_args,
         ]
         self.process = self._popen(argv, self.data_dir / "nats.log")
         try:

@@ -131,12 +131,20 @@ class NotFoundHandler(JsonHandler):
 
 
 class HealthHandler(JsonHandler):
-    """``/healthz``: the process is alive and its event loop answers."""
+    """``/healthz`` (liveness): the event loop answers and nothing in the process is stuck. Unlike
+    ``/readyz`` it ignores NATS and PostgreSQL: a restart would not bring them back."""
 
     route = "/healthz"
 
-    def get(self) -> None:
-        self.write_json({"status": "ok"})
+    def initialize(self, alive: ReadyCheck | None = None) -> None:
+        self.alive = alive
+
+    async def get(self) -> None:
+        problems = await self.alive() if self.alive is not None else []
+        if problems:
+            self.write_json({"status": "stuck", "problems": problems}, 503)
+        else:
+            self.write_json({"status": "ok"})
 
 
 class ReadyHandler(JsonHandler):
@@ -163,18 +171,22 @@ class MetricsHandler(JsonHandler):
         self.finish(generate_latest())
 
 
-def ops_routes(check: ReadyCheck) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]:
+def ops_routes(
+    check: ReadyCheck, alive: ReadyCheck | None = None
+) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]:
     return [
-        ("/healthz", HealthHandler, {}),
+        ("/healthz", HealthHandler, {"alive": alive}),
         ("/readyz", ReadyHandler, {"check": check}),
         ("/metrics", MetricsHandler, {}),
     ]
 
 
-def start_ops_server(port: int, check: ReadyCheck, host: str = "0.0.0.0") -> tornado.httpserver.HTTPServer:
+def start_ops_server(
+    port: int, check: ReadyCheck, host: str = "0.0.0.0", alive: ReadyCheck | None = None
+) -> tornado.httpserver.HTTPServer:
     """The small HTTP server of a processor or scheduler: /healthz, /readyz, /metrics."""
     app = tornado.web.Application(
-        ops_routes(check),
+        ops_routes(check, alive),
         default_handler_class=NotFoundHandler,
     )
     server = tornado.httpserver.HTTPServer(app)

@@ -71,5 +71,9 @@ async def _run(service: str, settings: Settings, main: ServiceMain) -> None:
 
 def run_service(service: str, settings: Settings, main: ServiceMain) -> None:
     configure_logging(service, settings.log_format, settings.log_level)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(service, settings, main))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_run(service, settings, main))
+    except broker.NatsUnavailable as exc:  # a clear line, not a traceback; the orchestrator restarts us
+        log.error("%s: %s", service, exc)
+        raise SystemExit(1) from None

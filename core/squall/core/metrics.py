@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
@@ -59,4 +60,46 @@ DEPENDENCY_UP = Gauge(
 )
 PROCESSING_PENDING = Gauge(
     "squall_processing_pending_items", "Items waiting for a processing (claimable now).", ["processing"]
+)
+
+# --- observability additions ----------------------------------------------------------------------------
+
+DB_POOL_CONNECTIONS = Gauge(
+    "squall_db_pool_connections", "Database pool connections of this process.", ["state"]
+)
+
+
+def watch_pool(pool: Any) -> None:
+    """Report a SQLAlchemy pool's connections (read at scrape time: nothing to update on the hot path).
+    A process has one pool; should it make another, the latest is reported."""
+    DB_POOL_CONNECTIONS.labels("in_use").set_function(lambda: pool.checkedout())
+    DB_POOL_CONNECTIONS.labels("idle").set_function(lambda: pool.checkedin())
+
+
+QUEUE_PENDING = Gauge(
+    "squall_queue_pending_messages",
+    "Messages a JetStream consumer has not delivered yet (sampled by processors).",
+    ["consumer"],
+)
+QUEUE_ACK_PENDING = Gauge(
+    "squall_queue_ack_pending_messages",
+    "Messages delivered by a JetStream consumer and not acked yet (sampled by processors).",
+    ["consumer"],
+)
+# Immediate processings finish requests in ~15-40 ms; batch processings wait for a poll tick (100 ms to
+# seconds), and minutes under a backlog.
+REQUEST_END_TO_END = Histogram(
+    "squall_request_end_to_end_seconds",
+    "From the gateway's acceptance of a request to the moment a processor marked it processed.",
+    ["processing"],
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+
+# From the gateway's cached count query (every replica reports the same values).
+REQUESTS = Gauge("squall_requests", "Requests accepted, by state (pending, processed).", ["state"])
+ITEMS = Gauge(
+    "squall_items", "Recorded items by processing and state (pending, done, failed).", ["processing", "state"]
+)
+DEAD_TASKS = Gauge(
+    "squall_dead_tasks", "Poll tasks dead (waiting for a replay), by processing.", ["processing"]
 )

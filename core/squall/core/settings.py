@@ -5,12 +5,23 @@ Built in the entry point and passed down; nothing reads the environment at impor
 
 from __future__ import annotations
 
+import ipaddress
 import json
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
+from sqlalchemy.engine import make_url
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/squall"
@@ -18,6 +29,14 @@ DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/squall"
 
 class GatewaySettings(BaseModel):
     host: str = Field("0.0.0.0", description="Address the HTTP API listens on.")
+    max_connections: int = Field(
+        10_000, ge=1, le=1_000_000, description="Open client connections; more are answered 503 and closed."
+    )
+    trust_forwarded_headers: bool = Field(
+        False,
+        description="Take the client address from X-Forwarded-For / X-Real-Ip (only behind a proxy that "
+        "sets them): it decides per-address rate limits and legacy trusted networks.",
+    )
     port: int = Field(8888, ge=0, le=65535, description="Port of the HTTP API (also /metrics, /healthz).")
     max_items: int = Field(10_000, ge=1, le=1_000_000, description="Most items one request may carry (413).")
     max_body_bytes: int = Field(
@@ -102,6 +121,70 @@ class NatsSettings(BaseModel):
     connect_retry_seconds: float = Field(
         60.0, ge=0, le=3600, description="How long to keep retrying the first connection before exiting."
     )
+    user: str | None = Field(None, description="NATS user (user/password authentication).")
+    password: SecretStr | None = Field(None, description="NATS password (user/password authentication).")
+    credentials_file: str | None = Field(
+        None, description="NATS .creds file (JWT and nkey seed), e.g. mounted from a Secret."
+    )
+    nkey_seed_file: str | None = Field(None, description="File holding an nkey seed (nkey authentication).")
+    tls_ca_file: str | None = Field(None, description="CA bundle that signs the NATS server's certificate.")
+    tls_cert_file: str | None = Field(None, description="Client certificate for mutual TLS.")
+    tls_key_file: str | None = Field(None, description="Client key for mutual TLS.")
+
+    @model_validator(mode="after")
+    def _auth_choices(self) -> NatsSettings:
+        if self.password is not None and self.user is None:
+            raise ValueError("password needs user")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if sum(x is not None for x in (self.user, self.credentials_file, self.nkey_seed_file)) > 1:
+            raise ValueError("choose one of user/password, credentials_file and nkey_seed_file")
+        return self
+
+
+Scope = Literal["submit", "read", "admin"]
+SCOPES: tuple[Scope, ...] = ("submit", "read", "admin")
+
+
+class AuthSettings(BaseModel):
+    required: bool = Field(
+        True,
+        description="Every API route but /v1/openapi.json and the probes needs a bearer token "
+        "(squall dev turns this off).",
+    )
+    tokens_file: str | None = Field(
+        None,
+        description="JSON list of tokens ({name, scopes, sha256 or token, rate_per_second}), e.g. a "
+        "mounted Secret; read again when it changes. Tokens made by `squall tokens create` live in "
+        "PostgreSQL and work too.",
+    )
+    cache_seconds: float = Field(
+        5.0, ge=0, le=3600, description="How long a token lookup is cached: a revocation takes this long."
+    )
+    rate_per_second: float = Field(
+        1000.0, ge=0, description="Default requests per second per token (0: unlimited); tokens may override."
+    )
+    burst: int = Field(0, ge=0, description="Requests a token may send at once (0: one second's rate).")
+    anonymous_rate_per_second: float = Field(
+        0.0,
+        ge=0,
+        description="Requests per second per client address when no token is needed (0: unlimited).",
+    )
+    legacy_trusted_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Opt-in for old clients that cannot send a token: addresses in these networks "
+        "(comma separated CIDRs) may use /number_request without one.",
+    )
+
+    @field_validator("legacy_trusted_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for network in value:
+                ipaddress.ip_network(str(network), strict=False)  # ValueError names the bad one
+        return value
 
 
 class ProcessingOverride(BaseModel):
@@ -143,6 +226,10 @@ class Settings(BaseSettings):
 
     nats_url: str = Field(DEFAULT_NATS_URL, description="NATS server URL(s), comma separated.")
     database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy URL of PostgreSQL (asyncpg).")
+    database_password_file: str | None = Field(
+        None,
+        description="File holding the PostgreSQL password (e.g. a mounted Secret); it replaces the URL's.",
+    )
     database_pool_size: int = Field(10, ge=1, le=200, description="Connections per process.")
     log_format: Literal["json", "text"] = Field("json", description="json in containers, text locally.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -163,6 +250,7 @@ class Settings(BaseSettings):
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)  # type: ignore[arg-type]
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)  # type: ignore[arg-type]
     nats: NatsSettings = Field(default_factory=NatsSettings)  # type: ignore[arg-type]
+    auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
 
     @field_validator("database_url")
     @classmethod
@@ -172,6 +260,17 @@ class Settings(BaseSettings):
         if not value.startswith("postgresql+asyncpg://"):
             raise ValueError("must be a PostgreSQL URL (postgresql:// or postgresql+asyncpg://)")
         return value
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> Settings:
+        if self.database_password_file:
+            try:
+                password = Path(self.database_password_file).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"SQUALL_DATABASE_PASSWORD_FILE: cannot read it ({exc.strerror})") from None
+            url = make_url(self.database_url).set(password=password)
+            self.database_url = url.render_as_string(hide_password=False)
+        return self
 
     @field_validator("nats_url")
     @classmethod
@@ -211,9 +310,15 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = ["invalid settings:"]
         for err in exc.errors():
-            variable = "SQUALL_" + "__".join(str(part) for part in err["loc"]).upper()
             given = err.get("input")
-            # Never echo a secret: URLs lose their password, and nothing long is repeated.
+            if not err["loc"]:  # a rule across fields: its message names the variables
+                lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+                continue
+            variable = "SQUALL_" + "__".join(str(part) for part in err["loc"]).upper()
+            # Never echo a secret: URLs lose their password, secrets and whole sections are not repeated.
+            if isinstance(given, dict | list) or any(w in variable for w in ("PASSWORD", "SECRET", "TOKEN")):
+                lines.append(f"  {variable}: {err['msg']}")
+                continue
             shown = redact_url(given)[:200] if isinstance(given, str) else repr(given)[:200]
             lines.append(f"  {variable}: {err['msg']} (got {shown!r})")
         raise SettingsError("\n".join(lines)) from None

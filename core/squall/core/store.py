@@ -245,6 +245,86 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+# --- counts: GET /v1/stats and the state gauges ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stats:
+    accepted: int  # every request the gateway accepted (recorded by a processor or not)
+    recorded: int
+    processed: int
+    items: dict[str, dict[str, int]]  # processing → {"pending", "done", "failed"} (recorded items)
+    dead_tasks: dict[str, int]  # processing → dead poll tasks
+
+
+_READ_STATS = text(
+    """
+    SELECT counter, processing, CAST(sum(n) AS bigint) AS n FROM (
+        SELECT counter, processing, n FROM stat_totals
+        UNION ALL SELECT counter, processing, n FROM stat_deltas
+        UNION ALL SELECT 'requests_unrecorded', '', count(*) FROM requests WHERE recorded_at IS NULL
+        UNION ALL SELECT 'tasks_dead', processing, count(*) FROM tasks WHERE state = 'dead'
+                  GROUP BY processing
+    ) AS c
+    GROUP BY counter, processing
+    """
+)
+
+
+async def read_stats(engine: AsyncEngine) -> Stats:
+    """Request and item counts in one statement whose cost does not grow with the history: folded
+    counters, the deltas not folded yet, and two counts over partial indexes as small as the backlog
+    (requests not recorded yet, dead tasks)."""
+    async with statements(engine) as conn:
+        rows = (await conn.execute(_READ_STATS)).all()
+    counts: dict[tuple[str, str], int] = {(r.counter, r.processing): int(r.n) for r in rows}
+    recorded = counts.get(("requests_recorded", ""), 0)
+    items: dict[str, dict[str, int]] = {}
+    for (counter, processing), _ in sorted(counts.items()):
+        if counter == "items_recorded":
+            done = counts.get(("items_done", processing), 0)
+            failed = counts.get(("items_failed", processing), 0)
+            items[processing] = {
+                "pending": counts[(counter, processing)] - done - failed,
+                "done": done,
+                "failed": failed,
+            }
+    return Stats(
+        accepted=recorded + counts.get(("requests_unrecorded", ""), 0),
+        recorded=recorded,
+        processed=counts.get(("requests_processed", ""), 0),
+        items=items,
+        dead_tasks={p: n for (c, p), n in sorted(counts.items()) if c == "tasks_dead"},
+    )
+
+
+# Any constant distinct from the migration lock's: only one process folds at a time.
+_FOLD_LOCK = 0x5351_5354_4154
+
+
+async def fold_stat_deltas(engine: AsyncEngine) -> int | None:
+    """Move the appended count changes into the totals (keeps read_stats cheap); answers how many delta
+    rows were folded, or None when another process is folding right now."""
+    async with engine.begin() as conn:
+        if not (await conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _FOLD_LOCK})).scalar():
+            return None
+        moved = await conn.execute(
+            text(
+                """
+                WITH moved AS (
+                    DELETE FROM stat_deltas RETURNING counter, processing, n
+                ), folded AS (
+                    INSERT INTO stat_totals (counter, processing, n)
+                    SELECT counter, processing, sum(n) FROM moved GROUP BY counter, processing
+                    ON CONFLICT (counter, processing) DO UPDATE SET n = stat_totals.n + excluded.n
+                )
+                SELECT count(*) FROM moved
+                """
+            )
+        )
+        return int(moved.scalar_one())
+
+
 # --- recording requests (processor) -----------------------------------------------------------------------
 
 
@@ -264,9 +344,15 @@ async def claim_unrecorded(conn: AsyncConnection, task_ids: Sequence[uuid.UUID])
     rows = await conn.execute(
         text(
             """
-            UPDATE requests SET recorded_at = now(), payload = NULL
-            WHERE task_id = ANY(CAST(:ids AS uuid[])) AND recorded_at IS NULL
-            RETURNING task_id
+            WITH r AS (
+                UPDATE requests SET recorded_at = now(), payload = NULL
+                WHERE task_id = ANY(CAST(:ids AS uuid[])) AND recorded_at IS NULL
+                RETURNING task_id
+            ), counted AS (
+                INSERT INTO stat_deltas (counter, processing, n)
+                SELECT 'requests_recorded', '', count(*) FROM r HAVING count(*) > 0
+            )
+            SELECT task_id FROM r
             """
         ),
         {"ids": list(task_ids)},
@@ -280,10 +366,22 @@ async def insert_items(conn: AsyncConnection, new_items: Sequence[NewItem]) -> N
     await conn.execute(
         text(
             """
-            INSERT INTO items (request_task_id, position, number, job, state, result, error, attempts)
-            SELECT t, p, n, j, s, CAST(r AS jsonb), e, CASE WHEN s = 'pending' THEN 0 ELSE 1 END
-            FROM unnest(CAST(:t AS uuid[]), CAST(:p AS int[]), CAST(:n AS bigint[]), CAST(:j AS text[]),
-                        CAST(:s AS text[]), CAST(:r AS text[]), CAST(:e AS text[])) AS v(t, p, n, j, s, r, e)
+            WITH inserted AS (
+                INSERT INTO items (request_task_id, position, number, job, state, result, error, attempts)
+                SELECT t, p, n, j, s, CAST(r AS jsonb), e, CASE WHEN s = 'pending' THEN 0 ELSE 1 END
+                FROM unnest(CAST(:t AS uuid[]), CAST(:p AS int[]), CAST(:n AS bigint[]),
+                            CAST(:j AS text[]), CAST(:s AS text[]), CAST(:r AS text[]), CAST(:e AS text[]))
+                     AS v(t, p, n, j, s, r, e)
+                RETURNING job, state
+            )
+            INSERT INTO stat_deltas (counter, processing, n)
+            SELECT c.counter, inserted.job, count(*)
+            FROM inserted CROSS JOIN LATERAL (
+                VALUES ('items_recorded'), (CASE WHEN inserted.state IN ('done', 'failed')
+                                                 THEN 'items_' || inserted.state END)
+            ) AS c(counter)
+            WHERE c.counter IS NOT NULL
+            GROUP BY c.counter, inserted.job
             """
         ),
         {
@@ -311,8 +409,11 @@ async def finish_request_tasks(conn: AsyncConnection, task_ids: Iterable[uuid.UU
     )
 
 
-async def mark_processed(conn: AsyncConnection, request_task_ids: Iterable[uuid.UUID]) -> int:
-    """Mark requests processed once none of their items is pending or running.
+async def mark_processed(
+    conn: AsyncConnection, request_task_ids: Iterable[uuid.UUID]
+) -> list[tuple[uuid.UUID, float]]:
+    """Mark requests processed once none of their items is pending or running; answers (task id, seconds
+    since the gateway accepted it) of each request this call marked.
 
     The rows are locked first, in a fixed order, and checked in a second statement: that statement's
     snapshot then sees the items of every transaction that locked the row before, so two processors
@@ -320,7 +421,7 @@ async def mark_processed(conn: AsyncConnection, request_task_ids: Iterable[uuid.
     """
     ids = sorted(set(request_task_ids))
     if not ids:
-        return 0
+        return []
     await conn.execute(
         text(
             "SELECT 1 FROM requests WHERE task_id = ANY(CAST(:ids AS uuid[])) AND NOT processed "
@@ -331,15 +432,22 @@ async def mark_processed(conn: AsyncConnection, request_task_ids: Iterable[uuid.
     result = await conn.execute(
         text(
             """
-            UPDATE requests r SET processed = true, processed_at = now()
-            WHERE r.task_id = ANY(CAST(:ids AS uuid[])) AND NOT r.processed AND r.recorded_at IS NOT NULL
-              AND NOT EXISTS (SELECT 1 FROM items i WHERE i.request_task_id = r.task_id
-                              AND i.state IN ('pending', 'running'))
+            WITH done AS (
+                UPDATE requests r SET processed = true, processed_at = now()
+                WHERE r.task_id = ANY(CAST(:ids AS uuid[])) AND NOT r.processed AND r.recorded_at IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM items i WHERE i.request_task_id = r.task_id
+                                  AND i.state IN ('pending', 'running'))
+                RETURNING r.task_id, extract(epoch FROM clock_timestamp() - r.created_at) AS seconds
+            ), counted AS (
+                INSERT INTO stat_deltas (counter, processing, n)
+                SELECT 'requests_processed', '', count(*) FROM done HAVING count(*) > 0
+            )
+            SELECT task_id, seconds FROM done
             """
         ),
         {"ids": ids},
     )
-    return result.rowcount
+    return [(r.task_id, float(r.seconds)) for r in result]
 
 
 async def unrecorded_payloads(
@@ -437,13 +545,20 @@ async def write_results(
     rows = await conn.execute(
         text(
             """
-            UPDATE items SET state = v.s, result = CAST(v.r AS jsonb), error = v.e, lease_until = NULL,
-                             not_before = now() + make_interval(secs => v.d), updated_at = now()
-            FROM unnest(CAST(:t AS uuid[]), CAST(:p AS int[]), CAST(:s AS text[]), CAST(:r AS text[]),
-                        CAST(:e AS text[]), CAST(:d AS float8[])) AS v(t, p, s, r, e, d)
-            WHERE items.request_task_id = v.t AND items.position = v.p
-              AND items.claim_task_id = :task AND items.state = 'running'
-            RETURNING items.request_task_id
+            WITH written AS (
+                UPDATE items SET state = v.s, result = CAST(v.r AS jsonb), error = v.e, lease_until = NULL,
+                                 not_before = now() + make_interval(secs => v.d), updated_at = now()
+                FROM unnest(CAST(:t AS uuid[]), CAST(:p AS int[]), CAST(:s AS text[]), CAST(:r AS text[]),
+                            CAST(:e AS text[]), CAST(:d AS float8[])) AS v(t, p, s, r, e, d)
+                WHERE items.request_task_id = v.t AND items.position = v.p
+                  AND items.claim_task_id = :task AND items.state = 'running'
+                RETURNING items.request_task_id, items.job, items.state
+            ), counted AS (
+                INSERT INTO stat_deltas (counter, processing, n)
+                SELECT 'items_' || state, job, count(*) FROM written
+                WHERE state IN ('done', 'failed') GROUP BY state, job
+            )
+            SELECT request_task_id FROM written
             """
         ),
         {
@@ -501,10 +616,16 @@ async def replay_task(conn: AsyncConnection, task_id: uuid.UUID) -> tuple[str, A
                 UPDATE items SET state = 'pending', attempts = 0, error = NULL, not_before = NULL,
                                  updated_at = now()
                 WHERE claim_task_id = :id AND state = 'failed'
-                RETURNING request_task_id
+                RETURNING request_task_id, job
+            ), reopened AS (
+                UPDATE requests SET processed = false, processed_at = NULL
+                WHERE task_id IN (SELECT request_task_id FROM reset) AND processed
+                RETURNING task_id
             )
-            UPDATE requests SET processed = false, processed_at = NULL
-            WHERE task_id IN (SELECT request_task_id FROM reset)
+            INSERT INTO stat_deltas (counter, processing, n)
+            SELECT 'items_failed', job, -count(*) FROM reset GROUP BY job
+            UNION ALL
+            SELECT 'requests_processed', '', -count(*) FROM reopened HAVING count(*) > 0
             """
         ),
         {"id": task_id},
@@ -1001,3 +1122,74 @@ async def record_check(
             ),
             {"n": name, "state": state, "f": failures, "s": successes, "error": error},
         )
+
+
+# --- API tokens --------------------------------------------------------------------------------------------
+
+
+class TokenExists(Exception):
+    """A token with this name exists (revoked ones too: names are not reused)."""
+
+
+async def create_token(
+    engine: AsyncEngine,
+    name: str,
+    digest: str,
+    scopes: Sequence[str],
+    rate_per_second: float | None,
+    burst: int | None,
+) -> None:
+    async with engine.begin() as conn:
+        inserted = await conn.execute(
+            text(
+                "INSERT INTO api_tokens (name, token_sha256, scopes, rate_per_second, burst) "
+                "VALUES (:name, :digest, :scopes, :rate, :burst) ON CONFLICT (name) DO NOTHING"
+            ),
+            {"name": name, "digest": digest, "scopes": list(scopes), "rate": rate_per_second, "burst": burst},
+        )
+        if inserted.rowcount == 0:
+            raise TokenExists(name)
+
+
+async def find_token(engine: AsyncEngine, digest: str) -> Any:
+    """The live (not revoked) token with this digest, or None."""
+    async with statements(engine) as conn:
+        result = await conn.execute(
+            text(
+                "SELECT name, scopes, rate_per_second, burst FROM api_tokens "
+                "WHERE token_sha256 = :digest AND revoked_at IS NULL"
+            ),
+            {"digest": digest},
+        )
+        return result.first()
+
+
+async def list_tokens(engine: AsyncEngine) -> list[dict[str, Any]]:
+    async with statements(engine) as conn:
+        result = await conn.execute(
+            text(
+                "SELECT name, scopes, rate_per_second, burst, created_at, revoked_at "
+                "FROM api_tokens ORDER BY created_at, name"
+            )
+        )
+        return [
+            {
+                "name": row.name,
+                "scopes": list(row.scopes),
+                "rate_per_second": row.rate_per_second,
+                "burst": row.burst,
+                "created_at": _iso(row.created_at),
+                "revoked_at": _iso(row.revoked_at),
+            }
+            for row in result
+        ]
+
+
+async def revoke_token(engine: AsyncEngine, name: str) -> bool:
+    """Revoke a token; False when no live token has this name."""
+    async with statements(engine) as conn:
+        result = await conn.execute(
+            text("UPDATE api_tokens SET revoked_at = now() WHERE name = :name AND revoked_at IS NULL"),
+            {"name": name},
+        )
+        return bool(result.rowcount)

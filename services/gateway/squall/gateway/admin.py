@@ -22,6 +22,8 @@ def _not_found(what: str, field: str) -> ApiError:
 
 
 class AdminHandler(BaseHandler):
+    scope = "admin"  # schedules, processings, dependencies and schedulers are the operators'
+
     def read_model(self, model: type[M]) -> M:
         """The JSON body as ``model``; 415/413/400/422 naming the field otherwise."""
         validation.check_json_content_type(self.request.headers.get("Content-Type"))

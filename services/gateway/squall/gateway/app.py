@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import uuid
 from contextlib import AsyncExitStack
+from typing import Any
 
 import nats.errors
 import nats.js.errors
 import tornado.httpserver
+import tornado.iostream
 import tornado.web
 from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import events, metrics, store
-from squall.core.http import ApiError, NotFoundHandler, ops_routes
+from squall.core import events, metrics, store, tracing
+from squall.core.auth import Authenticator
+from squall.core.http import ApiError, NotFoundHandler, json_bytes, ops_routes
 from squall.core.lifecycle import open_resources
 from squall.core.processings import Registry
 from squall.core.readiness import dependency_problems
 from squall.core.settings import Settings
-from squall.gateway import admin, validation
+from squall.gateway import admin, stats, validation
 from squall.gateway.base import BaseHandler, record_request
 from squall.gateway.openapi import openapi_spec
 
@@ -46,6 +50,7 @@ class GatewayApp(tornado.web.Application):
         self.nc = nc
         self.js = nc.jetstream()
         self.accepting = True
+        self.authenticator = Authenticator(settings.auth, engine)
         super().__init__(
             [
                 (r"/v1/requests", SubmitHandler),
@@ -56,6 +61,7 @@ class GatewayApp(tornado.web.Application):
                 (r"/v1/openapi\.json", OpenApiHandler),
                 (r"/number_request", LegacyHandler),
                 *admin.ROUTES,
+                *stats.routes(engine),
                 *ops_routes(self.problems),
             ],
             default_handler_class=NotFoundHandler,
@@ -80,7 +86,7 @@ class GatewayApp(tornado.web.Application):
                 subject,
                 payload,
                 timeout=self.squall.gateway.publish_timeout_seconds,
-                headers={"Nats-Msg-Id": msg_id},
+                headers={"Nats-Msg-Id": msg_id, **tracing.headers()},
             )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             metrics.EVENTS_PUBLISHED.labels(subject, "failed").inc()
@@ -96,8 +102,10 @@ def _unavailable(message: str) -> ApiError:
 
 class SubmitHandler(BaseHandler):
     route = "/v1/requests"
+    scope = "submit"
 
     async def post(self) -> None:
+        tracing.begin(tracing.continue_from(self.request.headers.get(tracing.HEADER)))
         sub = self.read_submission(validation.parse_submission)
         accepted = await submit(self.app, sub)
         rid = store.present_rid(sub.rid, sub.rid_is_int)
@@ -132,6 +140,7 @@ async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
         except ApiError:
             await store.withdraw_request(app.engine, accepted.task_id)
             raise
+        log.debug("request accepted", extra={"task_id": str(event.task_id), "rid": sub.rid})
     elif not accepted.recorded and accepted.payload is not None:
         # Identical re-submission of a request not recorded yet: publish again in case the first event
         # was lost; JetStream drops it as a duplicate otherwise, and processors record a request once.
@@ -158,8 +167,10 @@ class TaskRetryHandler(BaseHandler):
     """``POST /v1/tasks/{task_id}/retry``: replay a dead poll task (a second call runs nothing)."""
 
     route = "/v1/tasks/{task_id}/retry"
+    scope = "admin"  # replaying dead work is an operator's decision
 
     async def post(self, raw_id: str) -> None:
+        tracing.begin(tracing.continue_from(self.request.headers.get(tracing.HEADER)))
         task_id = validation.parse_task_id(raw_id)
         if task_id is None:
             raise ApiError(404, "not_found", "no task with this id", "task_id")
@@ -209,6 +220,7 @@ class RequestStatusHandler(BaseHandler):
 
 class OpenApiHandler(BaseHandler):
     route = "/v1/openapi.json"
+    scope = None  # public: clients generate code from it
 
     def get(self) -> None:
         self.write_json(openapi_spec(sorted(self.app.registry)))
@@ -218,8 +230,11 @@ class LegacyHandler(BaseHandler):
     """The original example's contract, kept so its clients work unchanged."""
 
     route = "/number_request"
+    scope = {"POST": "submit", "GET": "read"}
+    legacy_route = True
 
     async def post(self) -> None:
+        tracing.begin(tracing.continue_from(self.request.headers.get(tracing.HEADER)))
         validation.check_json_content_type(self.request.headers.get("Content-Type"))
         gw = self.app.squall.gateway
         if len(self.request.body) > gw.max_body_bytes:
@@ -266,11 +281,51 @@ class LegacyHandler(BaseHandler):
         )
 
 
+_OVER_CAPACITY_BODY = json_bytes(
+    {"error": {"code": "too_many_connections", "message": "too many open connections", "field": None}}
+)
+_OVER_CAPACITY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 2\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_OVER_CAPACITY_BODY), _OVER_CAPACITY_BODY)
+)
+
+
+class CappedHTTPServer(tornado.httpserver.HTTPServer):
+    """Refuses connections beyond ``max_connections`` (503, closed) so a flood cannot exhaust the gateway."""
+
+    max_connections = 10_000
+    _refusals: set[asyncio.Future[None]] = set()
+
+    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
+        if len(self._connections) >= self.max_connections:
+            metrics.HTTP_REQUESTS.labels("over_capacity", "other", "503").inc()
+            refusal = asyncio.ensure_future(_refuse(stream))
+            self._refusals.add(refusal)
+            refusal.add_done_callback(self._refusals.discard)
+            return
+        super().handle_stream(stream, address)
+
+
+async def _refuse(stream: tornado.iostream.IOStream) -> None:
+    """Answer 503 and close without a reset: the client reads the answer, not ECONNRESET."""
+    try:
+        await stream.write(_OVER_CAPACITY)
+        stream.socket.shutdown(socket.SHUT_WR)
+        # Read what the client sent (a little, briefly): closing with unread data sends a TCP reset.
+        await asyncio.wait_for(stream.read_bytes(65536, partial=True), timeout=0.5)
+    except (OSError, TimeoutError, tornado.iostream.StreamClosedError):
+        pass
+    finally:
+        stream.close()
+
+
 def make_server(app: GatewayApp) -> tornado.httpserver.HTTPServer:
     gw = app.squall.gateway
-    return tornado.httpserver.HTTPServer(
+    server = CappedHTTPServer(
         app,
-        xheaders=True,
+        # Behind a proxy the client's address (rate limits, trusted networks) is in X-Forwarded-For;
+        # without one a client could claim any address, so it is opt-in.
+        xheaders=gw.trust_forwarded_headers,
         # Bodies up to twice the limit are read so the handler can answer a JSON 413; beyond that Tornado
         # itself refuses the request (400) and closes the connection without buffering it.
         max_body_size=2 * gw.max_body_bytes + 65536,
@@ -278,6 +333,8 @@ def make_server(app: GatewayApp) -> tornado.httpserver.HTTPServer:
         idle_connection_timeout=gw.header_timeout_seconds,
         body_timeout=gw.body_timeout_seconds,
     )
+    server.max_connections = gw.max_connections
+    return server
 
 
 async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import tornado.web
 
 from squall.core import metrics
+from squall.core.auth import Principal, grants
 from squall.core.http import ApiError, JsonHandler
+from squall.core.settings import SCOPES, Scope
 from squall.gateway import validation
 
 if TYPE_CHECKING:
@@ -32,14 +35,78 @@ def record_request(handler: tornado.web.RequestHandler) -> None:
 _METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"))
 
 
+_LEGACY_SCOPES = frozenset(("submit", "read"))
+
+
 class BaseHandler(JsonHandler):
-    """Shared behaviour of every gateway route."""
+    """Shared behaviour of every gateway route: authentication, rate limits, body parsing."""
 
     application: GatewayApp
+    scope: Scope | dict[str, Scope] | None = "read"
+    """The scope a route needs: one for every method, by method, or None for a public route."""
+    legacy_route = False  # old clients in SQUALL_AUTH__LEGACY_TRUSTED_NETWORKS may call it without a token
+    principal: Principal | None = None
 
     @property
     def app(self) -> GatewayApp:
         return self.application
+
+    async def prepare(self) -> None:
+        needed = self.scope.get(self.request.method or "") if isinstance(self.scope, dict) else self.scope
+        if needed is not None:
+            self.principal = await self.authorize(needed)
+
+    async def authorize(self, needed: Scope) -> Principal:
+        """The caller, if it may use this route now; else 401 (who?), 403 (not allowed), 429 (too fast)."""
+        auth = self.app.authenticator
+        address = self.request.remote_ip or "unknown"
+        header = self.request.headers.get("Authorization")
+        if not auth.settings.required:
+            principal = Principal(f"address:{address}", frozenset(SCOPES))
+        elif header is None and self.legacy_route and auth.legacy_trusted(address):
+            principal = Principal(f"address:{address}", _LEGACY_SCOPES)
+        elif header is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "this route needs a bearer token: Authorization: Bearer <token>",
+                "Authorization",
+                {"WWW-Authenticate": 'Bearer realm="squall"'},
+            )
+        else:
+            scheme, _, token = header.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "the Authorization header must be: Bearer <token>",
+                    "Authorization",
+                    {"WWW-Authenticate": 'Bearer realm="squall", error="invalid_request"'},
+                )
+            found = await auth.principal(token.strip())
+            if found is None:
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "unknown or revoked token",
+                    "Authorization",
+                    {"WWW-Authenticate": 'Bearer realm="squall", error="invalid_token"'},
+                )
+            principal = found
+        if not grants(principal.scopes, needed):
+            raise ApiError(
+                403, "forbidden", f"this route needs a token with the {needed} scope", "Authorization"
+            )
+        wait = auth.retry_after(principal)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "too many requests for this client; retry later",
+                None,
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        return principal
 
     def read_submission(self, parse: validation.SubmissionParser) -> validation.Submission:
         """The body as a submission, in the order of the checks: media type, size, JSON, fields."""

@@ -178,6 +178,7 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
             },
         },
         "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+        "Stats": _stats_schema(),
     }
     lookup_params = [
         {"name": "task_id", "in": "query", "required": False, "schema": {"type": "string"}},
@@ -284,6 +285,13 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Task"), "The task."), **_errors(404, 503)},
             }
         },
+        "/v1/stats": {
+            "get": {
+                "operationId": "getStats",
+                "summary": "Request and item totals (at most a second old; cheap to poll).",
+                "responses": {"200": _json(_ref("Stats"), "The totals."), **_errors(503)},
+            }
+        },
         "/v1/openapi.json": {
             "get": {
                 "operationId": "getOpenApi",
@@ -369,6 +377,41 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {"schemas": schemas},
+    }
+
+
+def _stats_schema() -> dict[str, Any]:
+    count = {"type": "integer", "minimum": 0}
+    return {
+        "type": "object",
+        "required": ["requests", "items", "dead_tasks"],
+        "properties": {
+            "requests": {
+                "type": "object",
+                "required": ["accepted", "processed", "pending", "recorded"],
+                "properties": {
+                    "accepted": {**count, "description": "Every request the gateways accepted."},
+                    "processed": {**count, "description": "Requests whose every item has a result."},
+                    "pending": {**count, "description": "accepted - processed."},
+                    "recorded": {**count, "description": "Requests a processor has recorded."},
+                },
+            },
+            "items": {
+                "type": "object",
+                "description": "By processing: items recorded by a processor, by state (pending counts "
+                "running items too).",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["pending", "done", "failed"],
+                    "properties": {k: count for k in ("pending", "done", "failed")},
+                },
+            },
+            "dead_tasks": {
+                "type": "object",
+                "description": "By processing: dead poll tasks (replay with POST /v1/tasks/{id}/retry).",
+                "additionalProperties": count,
+            },
+        },
     }
 
 

@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import events, metrics, store
+from squall.core import events, metrics, store, tracing
 from squall.core.http import start_ops_server
 from squall.core.lifecycle import open_resources
 from squall.core.processings import ItemFailed, Processing, ProcessingError, Registry
@@ -43,6 +43,8 @@ FETCH_WAIT_SECONDS = 1.0
 # How long a fetch may linger for more messages once one arrived: short, so a batch never waits to fill.
 FETCH_REST_SECONDS = 0.005
 SWEEP_MIN_AGE_SECONDS = 30.0
+# How often queue depths are sampled (one consumer-info request per consumer) and counts folded.
+QUEUE_SAMPLE_SECONDS = 5.0
 
 
 class Processor:
@@ -58,6 +60,8 @@ class Processor:
         self.stopping = asyncio.Event()
         self._in_flight = 0
         self.busy_since: dict[int, float] = {}  # consume loop → when it started its current batch
+        self.queue_sample_seconds = QUEUE_SAMPLE_SECONDS
+        self._queues_sampled = True  # the last sample worked (a failure is logged once, not every time)
 
     # --- running ------------------------------------------------------------------------------------------
 
@@ -81,15 +85,17 @@ class Processor:
                 subs.append(sub)
                 workers.append(asyncio.create_task(self._consume(sub, batch, handle)))
         sweeper = asyncio.create_task(self._sweep_forever())
+        watcher = asyncio.create_task(self._watch_forever())
         log.info("processor %s consuming (processings: %s)", self.name, ", ".join(self.registry))
         await stop.wait()
         log.info("stopping: no more fetches; finishing in-flight work")
         self.stopping.set()
         sweeper.cancel()
+        watcher.cancel()
         _, pending = await asyncio.wait(workers, timeout=self.settings.processor.shutdown_grace_seconds)
         for worker in pending:
             worker.cancel()  # the handler naks what it holds: handed back, redelivered to another processor
-        await asyncio.gather(*workers, sweeper, return_exceptions=True)
+        await asyncio.gather(*workers, sweeper, watcher, return_exceptions=True)
         for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -161,10 +167,30 @@ class Processor:
                     )
             await store.insert_items(conn, new_items)
             await store.finish_request_tasks(conn, fresh)
-            await store.mark_processed(conn, fresh)
+            finished = dict(await store.mark_processed(conn, fresh))
         for msg, _ in submitted:
             await msg.ack()
         elapsed = time.perf_counter() - started
+        for _, event in submitted:
+            seconds = finished.get(event.task_id)
+            if seconds is not None:
+                # Completed at recording (immediate processings): labelled by the first item's processing.
+                metrics.REQUEST_END_TO_END.labels(event.items[0].job).observe(seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            for msg, event in submitted:
+                if event.task_id in fresh:
+                    trace = tracing.trace_of(msg.headers)
+                    log.debug(
+                        "request recorded%s",
+                        " and processed" if event.task_id in finished else "",
+                        extra={
+                            "task_id": str(event.task_id),
+                            "rid": event.rid,
+                            "trace_id": trace.trace_id,
+                            "span_id": trace.span_id,
+                            "attempt": msg.metadata.num_delivered,
+                        },
+                    )
         metrics.TASKS.labels("request", "", "succeeded").inc(len(fresh))
         metrics.TASK_DURATION.labels("request", "").observe(elapsed)
         for new in new_items:
@@ -213,8 +239,15 @@ class Processor:
                 log.error("dropping a malformed poll task: %s", exc.errors()[:3])
                 await msg.term()
                 continue
-            async with _keep_in_progress(msg, self.settings.processor.ack_wait_seconds):
-                await self.run_poll_task(task)
+            work = tracing.work(
+                tracing.trace_of(msg.headers),
+                task_id=str(task.task_id),
+                processing=task.processing,
+                attempt=msg.metadata.num_delivered,
+            )
+            with work:
+                async with _keep_in_progress(msg, self.settings.processor.ack_wait_seconds):
+                    await self.run_poll_task(task)
             await msg.ack()
 
     async def run_poll_task(self, task: events.PollTask) -> None:
@@ -260,7 +293,9 @@ class Processor:
                     [o[2] for o in outcomes],
                     [o[3] for o in outcomes],
                 )
-                await store.mark_processed(conn, touched)
+                finished = await store.mark_processed(conn, touched)
+                for _, seconds in finished:
+                    metrics.REQUEST_END_TO_END.labels(task.processing).observe(seconds)
             state = "succeeded"
             if batch_error:
                 # Dead: no attempt left (or a permanent error); an operator may replay it.
@@ -276,13 +311,27 @@ class Processor:
 
     # --- lost events --------------------------------------------------------------------------------------
 
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+    async def _periodically(
+        self, seconds: float, step: Callable[[], Awaitable[object]], what: str, *, now: bool = False
+    ) -> None:
+        """Run ``step`` every ``seconds`` (first right away if ``now``) until the processor stops. The loop
+        ends on the stopping event, not on cancellation alone: a library call may swallow a cancellation
+        (asyncio.wait_for does in Python 3.11), and a loop that then sleeps again would hold shutdown."""
+        wait = not now
+        while not self.stopping.is_set():
+            if wait:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), seconds)
+                if self.stopping.is_set():
+                    return
+            wait = True
             try:
-                await self.republish_lost()
+                await step()
             except Exception as exc:
-                log.warning("sweep for lost request events failed: %s", exc)
+                log.warning("%s failed: %s", what, exc)
+
+    async def _sweep_forever(self) -> None:
+        await self._periodically(SWEEP_INTERVAL_SECONDS, self.republish_lost, "sweep for lost request events")
 
     async def republish_lost(self, older_than_seconds: float = SWEEP_MIN_AGE_SECONDS) -> int:
         """Re-publish accepted requests whose event never reached a processor (the gateway died between
@@ -300,15 +349,48 @@ class Processor:
             log.warning("re-published %d request event(s) that never reached a processor", len(lost))
         return len(lost)
 
+    # --- queue depths and counts ------------------------------------------------------------------------
+
+    async def _watch_forever(self) -> None:
+        await self._periodically(
+            self.queue_sample_seconds, self._watch_once, "sampling queues and counts", now=True
+        )
+
+    async def _watch_once(self) -> None:
+        await self.sample_queues()
+        await store.fold_stat_deltas(self.engine)
+
+    async def sample_queues(self) -> bool:
+        """Export what each consumer has pending and unacked (what KEDA and the alerts watch). A failure
+        leaves the last values and never disturbs consumption."""
+        try:
+            for stream, consumer in (
+                (events.REQUESTS_STREAM, events.REQUESTS_CONSUMER),
+                (events.TASKS_STREAM, events.TASKS_CONSUMER),
+            ):
+                info = await self.js.consumer_info(stream, consumer, timeout=2.0)
+                metrics.QUEUE_PENDING.labels(consumer).set(info.num_pending or 0)
+                metrics.QUEUE_ACK_PENDING.labels(consumer).set(info.num_ack_pending or 0)
+        except Exception as exc:
+            if self._queues_sampled:
+                log.warning("cannot read the queue depths: %r", exc)
+            self._queues_sampled = False
+            return False
+        self._queues_sampled = True
+        return True
+
     # --- readiness ----------------------------------------------------------------------------------------
 
     async def problems(self) -> list[str]:
-        problems = await dependency_problems(self.nc, self.engine)
+        return await dependency_problems(self.nc, self.engine) + await self.stalls()
+
+    async def stalls(self) -> list[str]:
+        """Liveness: a batch that never ends (a lock never granted, a hung call) fails /healthz too, so the
+        orchestrator restarts the process rather than let it look healthy."""
         stuck = [time.monotonic() - since for since in self.busy_since.values()]
         if stuck and max(stuck) > self.settings.processor.stall_seconds:
-            # A batch that never ends (a lock never granted, a hung call): restart rather than look healthy.
-            problems.append(f"stalled: a batch has been running for {max(stuck):.0f} s")
-        return problems
+            return [f"stalled: a batch has been running for {max(stuck):.0f} s"]
+        return []
 
 
 Outcome = tuple[str, str | None, str | None, float | None]
@@ -392,6 +474,8 @@ async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -
             longest,
         )
     processor = Processor(settings, res.registry, res.engine, res.nc, res.name)
-    ops = start_ops_server(settings.processor.http_port, processor.problems, settings.processor.http_host)
+    ops = start_ops_server(
+        settings.processor.http_port, processor.problems, settings.processor.http_host, processor.stalls
+    )
     stack.callback(ops.stop)
     await processor.run(stop)
