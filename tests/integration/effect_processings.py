@@ -62,11 +62,12 @@ def refuse_once(numbers: list[int]) -> list[int]:
 
 @processing(name="campaign", mode="batch", batch_size=40, timeout_seconds=30)
 async def campaign(numbers: list[int]) -> list[int]:
-    """The fault campaign's batch processing: slow enough that SIGKILLs land mid-batch; every computation
-    is appended to the effect log (re-executions after a kill show there, never as a second result)."""
-    await asyncio.sleep(0.3)
+    """The fault campaign's batch processing: every computation is appended to the effect log first, then
+    it works on for a while, so a SIGKILL often lands after the computation and before the result is
+    committed: the batch runs again (it shows twice in the log) but its results are written once."""
     path = os.environ.get(EFFECT_LOG_ENV)
     if path:
         with open(path, "a") as log:
             log.write("".join(f"{n}\n" for n in numbers))
+    await asyncio.sleep(0.3)
     return [n * 3 for n in numbers]
