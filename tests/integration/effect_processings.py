@@ -71,3 +71,25 @@ async def campaign(numbers: list[int]) -> list[int]:
             log.write("".join(f"{n}\n" for n in numbers))
     await asyncio.sleep(0.3)
     return [n * 3 for n in numbers]
+
+
+FLAKY_NOW_CALLS: list[list[int]] = []
+
+
+@processing(name="flaky_now", mode="immediate", batch_size=100, max_attempts=3, backoff_seconds=0.2)
+def flaky_now(numbers: list[int]) -> list[int]:
+    """An immediate processing whose first call fails retryably (its items wait for the schedule)."""
+    FLAKY_NOW_CALLS.append(numbers)
+    if len(FLAKY_NOW_CALLS) == 1:
+        raise TimeoutError("the pricing service timed out")
+    return [n * 7 for n in numbers]
+
+
+BROKEN_NOW_CALLS: list[list[int]] = []
+
+
+@processing(name="broken_now", mode="immediate", batch_size=100, max_attempts=2, backoff_seconds=0.1)
+def broken_now(numbers: list[int]) -> list[int]:
+    """An immediate processing that always fails retryably: its items end failed, their task dead."""
+    BROKEN_NOW_CALLS.append(numbers)
+    raise ConnectionError("the upstream is gone")

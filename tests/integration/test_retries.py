@@ -72,3 +72,45 @@ async def test_permanent_failure_fails_the_items_at_once(
     assert state["counts"] == {"pending": 0, "done": 0, "failed": 2}
     assert all(i["error"] == "permanent: this input can never be processed" for i in state["items"])
     assert await system.fetchval("SELECT max(attempts) FROM items") == 1
+
+
+async def test_immediate_items_are_retried_by_their_schedule(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    effect_processings.FLAKY_NOW_CALLS.clear()
+    system = await system_factory(make_settings(nats_url, database_url, processing_modules=[MODULE]))
+    await system.start_scheduler()
+    await system.submit({"rid": "now", "items": [{"number": n, "job": "flaky_now"} for n in range(3)]})
+    state = await system.wait_processed("now", timeout=30)
+    assert [i["result"] for i in state["items"]] == [0, 7, 14]
+    rows = await system.fetch("SELECT attempts, error FROM items ORDER BY position")
+    assert [r["attempts"] for r in rows] == [2, 2, 2]  # computed at recording, then once by a poll task
+    assert len(effect_processings.FLAKY_NOW_CALLS) == 2
+    stats = (await system.client.get("/v1/stats")).json()
+    assert stats["items"]["flaky_now"] == {"pending": 0, "done": 3, "failed": 0}
+
+
+async def test_immediate_items_out_of_attempts_are_dead_and_replayable(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    effect_processings.BROKEN_NOW_CALLS.clear()
+    system = await system_factory(make_settings(nats_url, database_url, processing_modules=[MODULE]))
+    await system.start_scheduler()
+    await system.submit({"rid": "gone", "items": [{"number": 1, "job": "broken_now"}]})
+    state = await system.wait_processed("gone", timeout=30)
+    assert state["items"][0]["state"] == "failed" and "ConnectionError" in state["items"][0]["error"]
+
+    async def dead() -> list[dict[str, object]]:
+        answer = await system.client.get("/v1/tasks", params={"state": "dead", "processing": "broken_now"})
+        return answer.json()["tasks"]  # type: ignore[no-any-return]
+
+    tasks = await wait_for(dead, what="a dead task holding the failed immediate item")
+    assert len(effect_processings.BROKEN_NOW_CALLS) == 2  # at recording, then one retry: max_attempts
+    replay = await system.client.post(f"/v1/tasks/{tasks[0]['task_id']}/retry")
+    assert replay.status_code == 202, replay.text
+
+    async def tried_again() -> bool:
+        return len(effect_processings.BROKEN_NOW_CALLS) == 4  # fresh attempts: two more calls
+
+    await wait_for(tried_again, timeout=30, what="the replayed item run again")
+    await wait_for(lambda: system.wait_processed("gone"), what="failed again, processed")

@@ -334,9 +334,10 @@ class NewItem:
     position: int
     number: int
     job: str
-    state: str  # pending (batch mode) or done / failed (immediate mode, already computed)
+    state: str  # pending (batch mode, or an immediate retry) or done / failed (immediate, computed)
     result: str | None  # JSON text
     error: str | None
+    retry_in: float | None = None  # an immediate item that failed retryably waits this long (attempt 1 made)
 
 
 async def claim_unrecorded(conn: AsyncConnection, task_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
@@ -367,11 +368,15 @@ async def insert_items(conn: AsyncConnection, new_items: Sequence[NewItem]) -> N
         text(
             """
             WITH inserted AS (
-                INSERT INTO items (request_task_id, position, number, job, state, result, error, attempts)
-                SELECT t, p, n, j, s, CAST(r AS jsonb), e, CASE WHEN s = 'pending' THEN 0 ELSE 1 END
+                INSERT INTO items (request_task_id, position, number, job, state, result, error, attempts,
+                                   not_before)
+                SELECT t, p, n, j, s, CAST(r AS jsonb), e,
+                       CASE WHEN s = 'pending' AND e IS NULL THEN 0 ELSE 1 END,
+                       now() + make_interval(secs => d)
                 FROM unnest(CAST(:t AS uuid[]), CAST(:p AS int[]), CAST(:n AS bigint[]),
-                            CAST(:j AS text[]), CAST(:s AS text[]), CAST(:r AS text[]), CAST(:e AS text[]))
-                     AS v(t, p, n, j, s, r, e)
+                            CAST(:j AS text[]), CAST(:s AS text[]), CAST(:r AS text[]), CAST(:e AS text[]),
+                            CAST(:d AS float8[]))
+                     AS v(t, p, n, j, s, r, e, d)
                 RETURNING job, state
             )
             INSERT INTO stat_deltas (counter, processing, n)
@@ -392,6 +397,7 @@ async def insert_items(conn: AsyncConnection, new_items: Sequence[NewItem]) -> N
             "s": [i.state for i in new_items],
             "r": [i.result for i in new_items],
             "e": [i.error for i in new_items],
+            "d": [i.retry_in for i in new_items],
         },
     )
 
@@ -726,7 +732,8 @@ async def prune(engine: AsyncEngine, keep_ticks_days: float, forget_instances_se
 async def ensure_default_schedule(
     engine: AsyncEngine, processing: str, interval_seconds: float, batch_size: int
 ) -> None:
-    """Every batch processing gets a schedule named after it, unless one exists already."""
+    """Every processing gets a schedule named after it, unless one exists already: a batch processing's
+    polls its items; an immediate processing's picks up the items waiting for a retry."""
     async with statements(engine) as conn:
         await conn.execute(
             text(

@@ -159,11 +159,13 @@ class Processor:
                     continue  # recorded before (a redelivery or a re-publish), or twice in this batch
                 to_record.discard(event.task_id)
                 for position, item in enumerate(event.items):
-                    state, result, error, _ = computed.get(
+                    state, result, error, retry_in = computed.get(
                         (event.task_id, position), ("pending", None, None, None)
                     )
                     new_items.append(
-                        store.NewItem(event.task_id, position, item.number, item.job, state, result, error)
+                        store.NewItem(
+                            event.task_id, position, item.number, item.job, state, result, error, retry_in
+                        )
                     )
             await store.insert_items(conn, new_items)
             await store.finish_request_tasks(conn, fresh)
@@ -222,7 +224,9 @@ class Processor:
             proc = self.registry[job]
             for start in range(0, len(entries), proc.batch_size):
                 chunk = entries[start : start + proc.batch_size]
-                outcomes, _ = await run_batch(proc, [n for _, _, n in chunk], attempts=None)
+                # The first attempt; a retryable failure leaves the items pending for the processing's
+                # schedule, which claims them after the backoff like a batch processing's.
+                outcomes, _ = await run_batch(proc, [n for _, _, n in chunk], attempts=[1] * len(chunk))
                 for (task_id, position, _), outcome in zip(chunk, outcomes, strict=True):
                     computed[(task_id, position)] = outcome
         return computed
@@ -398,18 +402,18 @@ Outcome = tuple[str, str | None, str | None, float | None]
 
 
 async def run_batch(
-    proc: Processing, numbers: list[int], attempts: list[int] | None
+    proc: Processing, numbers: list[int], attempts: list[int]
 ) -> tuple[list[Outcome], str | None]:
     """Outcomes per number, and the error that failed the whole batch if it did.
 
     A batch that fails retryably puts back to pending, after the processing's backoff, the items that have
-    attempts left (``attempts`` per item; None: no retry, as in immediate mode); the others fail."""
+    attempts left (``attempts`` per item, this one included); the others fail."""
     try:
         results = await proc.run(numbers)
     except ProcessingError as exc:
         error = str(exc)
         outcomes: list[Outcome] = []
-        for made in attempts if attempts is not None else [proc.max_attempts] * len(numbers):
+        for made in attempts:
             if exc.retryable and made < proc.max_attempts:
                 outcomes.append(("pending", None, error, proc.retry_delay(made)))
             else:

@@ -118,7 +118,7 @@ class Scheduler:
             metrics.PROCESSING_PENDING.labels(name).set(counts.get(name, 0))
 
     async def _on_leadership(self) -> None:
-        for proc in self.registry.of_mode("batch"):
+        for proc in self.registry.values():  # immediate ones too: their schedule picks up retries
             interval = proc.interval_seconds or self.settings.scheduler.default_interval_seconds
             await store.ensure_default_schedule(self.engine, proc.name, interval, proc.batch_size)
         for name, config in self.settings.dependencies.items():
