@@ -142,6 +142,36 @@ class NatsSettings(BaseModel):
         return self
 
 
+class OtelSettings(BaseModel):
+    """OpenTelemetry trace export (``pip install squall[otel]``); off by default. The exporter also honours
+    the standard ``OTEL_EXPORTER_OTLP_*`` variables (headers, certificates, timeout, compression)."""
+
+    enabled: bool = Field(False, description="Export spans over OTLP/HTTP (protobuf).")
+    endpoint: str | None = Field(
+        None,
+        description="Full URL of the collector's traces endpoint, e.g. http://otel-collector:4318/v1/traces "
+        "(default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces, else "
+        "http://localhost:4318/v1/traces).",
+    )
+    service_name: str | None = Field(
+        None, description="service.name of the spans (default: OTEL_SERVICE_NAME, else squall-<role>)."
+    )
+    sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of new traces exported (a caller's traceparent sampled flag decides for its "
+        "trace).",
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (OTLP over HTTP)")
+        return value
+
+
 Scope = Literal["submit", "read", "admin"]
 SCOPES: tuple[Scope, ...] = ("submit", "read", "admin")
 
@@ -251,6 +281,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)  # type: ignore[arg-type]
     nats: NatsSettings = Field(default_factory=NatsSettings)  # type: ignore[arg-type]
     auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
+    otel: OtelSettings = Field(default_factory=OtelSettings)  # type: ignore[arg-type]
 
     @field_validator("database_url")
     @classmethod

@@ -13,6 +13,7 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -24,7 +25,7 @@ import tornado.web
 from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import events, metrics, store, tracing
+from squall.core import events, metrics, otel, store, tracing
 from squall.core.auth import Authenticator
 from squall.core.http import ApiError, NotFoundHandler, json_bytes, ops_routes
 from squall.core.lifecycle import open_resources
@@ -75,23 +76,33 @@ class GatewayApp(tornado.web.Application):
             found.append("shutting down")
         return found
 
-    async def publish(self, subject: str, payload: bytes, msg_id: str) -> None:
-        """Publish and wait for JetStream's ack; ApiError 503 when it cannot be persisted now."""
+    async def publish(
+        self, subject: str, payload: bytes, msg_id: str, span_attributes: Callable[[], otel.Attributes]
+    ) -> None:
+        """Publish and wait for JetStream's ack; ApiError 503 when it cannot be persisted now.
+        ``span_attributes`` is called only when spans are exported."""
         if not self.nc.is_connected:
             metrics.EVENTS_PUBLISHED.labels(subject, "unavailable").inc()
             raise _unavailable("the message broker is unreachable")
+        span = None
+        if otel.tracer is None:
+            headers = {"Nats-Msg-Id": msg_id, **tracing.headers()}
+        else:  # the processor's span becomes the child of this publish
+            span, sent = otel.start_producer(subject, msg_id, span_attributes())
+            headers = {"Nats-Msg-Id": msg_id, tracing.HEADER: sent.traceparent}
         started = time.perf_counter()
         try:
             await self.js.publish(
-                subject,
-                payload,
-                timeout=self.squall.gateway.publish_timeout_seconds,
-                headers={"Nats-Msg-Id": msg_id, **tracing.headers()},
+                subject, payload, timeout=self.squall.gateway.publish_timeout_seconds, headers=headers
             )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            if span is not None:
+                otel.end(span, exc)
             metrics.EVENTS_PUBLISHED.labels(subject, "failed").inc()
             log.warning("publish to %s failed: %s", subject, exc)
             raise _unavailable("the message broker did not persist the request") from None
+        if span is not None:
+            otel.end(span)
         metrics.PUBLISH_DURATION.observe(time.perf_counter() - started)
         metrics.EVENTS_PUBLISHED.labels(subject, "ok").inc()
 
@@ -100,12 +111,32 @@ def _unavailable(message: str) -> ApiError:
     return ApiError(503, "unavailable", message, None, {"Retry-After": RETRY_AFTER_SECONDS})
 
 
-class SubmitHandler(BaseHandler):
+class IntakeHandler(BaseHandler):
+    """A route whose POST starts work (a submission, a replay): it continues the caller's W3C trace, as a
+    server span when spans are exported (begun before authentication, so refusals are traced too)."""
+
+    _span: otel.Span | None = None
+
+    async def prepare(self) -> None:
+        if self.request.method == "POST":
+            header = self.request.headers.get(tracing.HEADER)
+            if otel.tracer is None:
+                tracing.begin(tracing.continue_from(header))
+            else:
+                self._span = otel.begin_server("POST", self.route, header)
+        await super().prepare()
+
+    def on_finish(self) -> None:
+        if self._span is not None:
+            otel.end_server(self._span, self.get_status())
+        super().on_finish()
+
+
+class SubmitHandler(IntakeHandler):
     route = "/v1/requests"
     scope = "submit"
 
     async def post(self) -> None:
-        tracing.begin(tracing.continue_from(self.request.headers.get(tracing.HEADER)))
         sub = self.read_submission(validation.parse_submission)
         accepted = await submit(self.app, sub)
         rid = store.present_rid(sub.rid, sub.rid_is_int)
@@ -134,9 +165,15 @@ async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
         accepted = await store.accept_request(app.engine, event, sub.rid_is_int, payload)
     except store.RidConflict:
         raise ApiError(409, "rid_conflict", "this rid was submitted before with other items", "rid") from None
+    if otel.tracer is not None:
+        otel.annotate({"squall.rid": sub.rid, "squall.task_id": str(accepted.task_id)})
+
+    def span_attributes() -> otel.Attributes:
+        return {"squall.rid": sub.rid, "squall.task_id": str(accepted.task_id)}
+
     if accepted.created:
         try:
-            await app.publish(events.REQUEST_SUBMITTED, payload, event.msg_id)
+            await app.publish(events.REQUEST_SUBMITTED, payload, event.msg_id, span_attributes)
         except ApiError:
             await store.withdraw_request(app.engine, accepted.task_id)
             raise
@@ -144,7 +181,7 @@ async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
     elif not accepted.recorded and accepted.payload is not None:
         # Identical re-submission of a request not recorded yet: publish again in case the first event
         # was lost; JetStream drops it as a duplicate otherwise, and processors record a request once.
-        await app.publish(events.REQUEST_SUBMITTED, accepted.payload, event.msg_id)
+        await app.publish(events.REQUEST_SUBMITTED, accepted.payload, event.msg_id, span_attributes)
     return accepted
 
 
@@ -163,14 +200,13 @@ class TasksHandler(BaseHandler):
         self.write_json({"tasks": tasks, "next_cursor": validation.encode_cursor(following)})
 
 
-class TaskRetryHandler(BaseHandler):
+class TaskRetryHandler(IntakeHandler):
     """``POST /v1/tasks/{task_id}/retry``: replay a dead poll task (a second call runs nothing)."""
 
     route = "/v1/tasks/{task_id}/retry"
     scope = "admin"  # replaying dead work is an operator's decision
 
     async def post(self, raw_id: str) -> None:
-        tracing.begin(tracing.continue_from(self.request.headers.get(tracing.HEADER)))
         task_id = validation.parse_task_id(raw_id)
         if task_id is None:
             raise ApiError(404, "not_found", "no task with this id", "task_id")
@@ -190,8 +226,13 @@ class TaskRetryHandler(BaseHandler):
                 batch_size=row.batch_size,
                 tick_key=f"replay-{uuid.uuid4().hex}",
             )
+            if otel.tracer is not None:
+                otel.annotate({"squall.task_id": str(task_id), "squall.processing": row.processing})
             await self.app.publish(
-                events.poll_subject(row.processing), replay.model_dump_json().encode(), replay.msg_id
+                events.poll_subject(row.processing),
+                replay.model_dump_json().encode(),
+                replay.msg_id,
+                lambda: {"squall.task_id": str(task_id), "squall.processing": row.processing},
             )
         task = await store.get_task(self.app.engine, task_id)
         self.write_json(task, 202)
@@ -226,7 +267,7 @@ class OpenApiHandler(BaseHandler):
         self.write_json(openapi_spec(sorted(self.app.registry)))
 
 
-class LegacyHandler(BaseHandler):
+class LegacyHandler(IntakeHandler):
     """The original example's contract, kept so its clients work unchanged."""
 
     route = "/number_request"
@@ -234,7 +275,6 @@ class LegacyHandler(BaseHandler):
     legacy_route = True
 
     async def post(self) -> None:
-        tracing.begin(tracing.continue_from(self.request.headers.get(tracing.HEADER)))
         validation.check_json_content_type(self.request.headers.get("Content-Type"))
         gw = self.app.squall.gateway
         if len(self.request.body) > gw.max_body_bytes:

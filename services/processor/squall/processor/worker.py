@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import events, metrics, store, tracing
+from squall.core import events, metrics, otel, store, tracing
 from squall.core.http import start_ops_server
 from squall.core.lifecycle import open_resources
 from squall.core.processings import ItemFailed, Processing, ProcessingError, Registry
@@ -149,6 +149,47 @@ class Processor:
                 await msg.term()
         if not submitted:
             return
+        if otel.tracer is None:
+            await self.record_requests(submitted, started, None)
+            return
+        # One consumer span per event, child of the gateway's publish: each request's trace goes on here.
+        spans, traces = [], []
+        for msg, event in submitted:
+            span, trace = otel.start_consumer(
+                msg.subject,
+                msg.headers,
+                {
+                    "squall.rid": event.rid,
+                    "squall.task_id": str(event.task_id),
+                    "squall.processing": sorted({item.job for item in event.items}),
+                    "squall.attempt": msg.metadata.num_delivered,
+                    "messaging.batch.message_count": len(submitted),
+                },
+            )
+            spans.append(span)
+            traces.append(trace)
+        try:
+            fresh, finished = await self.record_requests(submitted, started, traces)
+        except BaseException as exc:
+            otel.end_all(spans, exc)
+            raise
+        for span, (_, event) in zip(spans, submitted, strict=True):
+            otel.end(
+                span,
+                attributes={
+                    "squall.recorded": event.task_id in fresh,
+                    "squall.processed": event.task_id in finished,
+                },
+            )
+
+    async def record_requests(
+        self,
+        submitted: list[tuple[Msg, events.RequestSubmitted]],
+        started: float,
+        traces: list[tracing.TraceContext] | None,
+    ) -> tuple[set[uuid.UUID], dict[uuid.UUID, float]]:
+        """Record a batch of request events (each once), ack them; the tasks recorded now and the ones
+        completed at recording. ``traces``: the exported spans' contexts, one per event, when export is on."""
         computed = await self._compute_immediate([e for _, e in submitted])
         async with self.engine.begin() as conn:
             fresh = await store.claim_unrecorded(conn, [e.task_id for _, e in submitted])
@@ -179,9 +220,9 @@ class Processor:
                 # Completed at recording (immediate processings): labelled by the first item's processing.
                 metrics.REQUEST_END_TO_END.labels(event.items[0].job).observe(seconds)
         if log.isEnabledFor(logging.DEBUG):
-            for msg, event in submitted:
+            for index, (msg, event) in enumerate(submitted):
                 if event.task_id in fresh:
-                    trace = tracing.trace_of(msg.headers)
+                    trace = traces[index] if traces is not None else tracing.trace_of(msg.headers)
                     log.debug(
                         "request recorded%s",
                         " and processed" if event.task_id in finished else "",
@@ -201,6 +242,7 @@ class Processor:
         log.debug(
             "recorded %d request(s), %d item(s)", len(fresh), len(new_items), extra={"count": len(fresh)}
         )
+        return fresh, finished
 
     async def _compute_immediate(
         self, submitted: list[events.RequestSubmitted]
@@ -243,15 +285,21 @@ class Processor:
                 log.error("dropping a malformed poll task: %s", exc.errors()[:3])
                 await msg.term()
                 continue
-            work = tracing.work(
-                tracing.trace_of(msg.headers),
-                task_id=str(task.task_id),
-                processing=task.processing,
-                attempt=msg.metadata.num_delivered,
-            )
-            with work:
-                async with _keep_in_progress(msg, self.settings.processor.ack_wait_seconds):
-                    await self.run_poll_task(task)
+            attributes: otel.Attributes = {
+                "squall.task_id": str(task.task_id),
+                "squall.processing": task.processing,
+                "squall.attempt": msg.metadata.num_delivered,
+            }
+            with otel.consuming(msg.subject, msg.headers, attributes) as trace:
+                work = tracing.work(
+                    trace,
+                    task_id=str(task.task_id),
+                    processing=task.processing,
+                    attempt=msg.metadata.num_delivered,
+                )
+                with work:
+                    async with _keep_in_progress(msg, self.settings.processor.ack_wait_seconds):
+                        await self.run_poll_task(task)
             await msg.ack()
 
     async def run_poll_task(self, task: events.PollTask) -> None:
@@ -305,6 +353,8 @@ class Processor:
                 # Dead: no attempt left (or a permanent error); an operator may replay it.
                 state = "failed" if any(o[0] == "pending" for o in outcomes) else "dead"
             await store.finish_poll_task(conn, task.task_id, state, len(claimed), batch_error)
+        if otel.tracer is not None:
+            otel.annotate({"squall.state": state, "squall.items": len(claimed)}, batch_error)
         metrics.TASKS.labels("poll", task.processing, state).inc()
         metrics.TASK_DURATION.labels("poll", task.processing).observe(time.perf_counter() - started)
         for outcome in outcomes:
