@@ -275,3 +275,31 @@ async def test_connections_over_the_cap_are_refused(
         return (await system.client.get("/healthz")).status_code == 200
 
     await wait_for(served, timeout=5, what="a connection accepted once the others closed")
+
+
+async def test_a_gateway_with_a_broken_tokens_file_stops_with_one_clear_line(
+    nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    tokens_file = tmp_path / "tokens.json"
+    tokens_file.write_text('[{"name": "ci", "scopes": ["read"], "token": "sqt_not_valid_json_here",}]')
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")},
+        "PYTHONPATH": str(ROOT),
+        "SQUALL_NATS_URL": nats_url,
+        "SQUALL_DATABASE_URL": database_url,
+        "SQUALL_GATEWAY__PORT": "0",
+        "SQUALL_AUTH__TOKENS_FILE": str(tokens_file),
+        "SQUALL_LOG_FORMAT": "text",
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "squall.core.cli", "gateway"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = done.stdout + done.stderr  # logs go to stdout
+    assert done.returncode == 1
+    assert "tokens file" in output and "not JSON" in output, output
+    assert "Traceback" not in output and "sqt_not_valid" not in output

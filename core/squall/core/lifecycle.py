@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import broker
+from squall.core import broker, otel
+from squall.core.auth import TokensFileError
 from squall.core.db import create_engine
 from squall.core.logs import configure_logging
 from squall.core.processings import Registry, load_registry
@@ -71,9 +72,13 @@ async def _run(service: str, settings: Settings, main: ServiceMain) -> None:
 
 def run_service(service: str, settings: Settings, main: ServiceMain) -> None:
     configure_logging(service, settings.log_format, settings.log_level)
+    # Before the loop starts: a missing `otel` extra stops the process here with a clear message.
+    stop_export = otel.setup(settings.otel, service, instance_id(settings, service))
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_run(service, settings, main))
-    except broker.NatsUnavailable as exc:  # a clear line, not a traceback; the orchestrator restarts us
+    except (broker.NatsUnavailable, TokensFileError) as exc:  # one clear line, not a traceback
         log.error("%s: %s", service, exc)
         raise SystemExit(1) from None
+    finally:
+        stop_export()  # flushes the spans still queued (the services' resources are closed by now)
