@@ -10,14 +10,17 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
+# Optional extras, e.g. --build-arg EXTRAS=otel for the OpenTelemetry export (SQUALL_OTEL__ENABLED).
+ARG EXTRAS=""
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY services ./services
-RUN python -m pip wheel --wheel-dir /wheels .
+RUN python -m pip wheel --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 # --- runtime: the wheels installed into a virtual environment; no compiler, no pip cache, no sources ---
 FROM ${PYTHON_IMAGE} AS runtime
+ARG EXTRAS=""
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -38,7 +41,7 @@ RUN groupadd --system --gid 10001 squall \
 # The wheels come in through a bind mount, so they never become a layer of this image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m venv /opt/squall \
-    && /opt/squall/bin/pip install --no-cache-dir --no-index --find-links=/wheels squall \
+    && /opt/squall/bin/pip install --no-cache-dir --no-index --find-links=/wheels "squall${EXTRAS:+[$EXTRAS]}" \
     && /opt/squall/bin/pip uninstall --yes pip
 USER 10001:10001
 WORKDIR /tmp
