@@ -1,8 +1,10 @@
 """End-to-end benchmark of Squall: ``python -m bench [options]`` from the repository root.
 
 For each scenario (profile x mode) a fresh ``squall dev`` is started on a free loopback port with its own
-temporary data folder, k6 drives ``POST /v1/requests`` in a closed loop (``--vus`` VUs for ``--duration``),
-then PostgreSQL is polled until every accepted request is processed, and squall dev is stopped.
+temporary data folder, k6 drives ``POST /v1/requests`` in a closed loop (``--vus`` VUs for ``--duration``)
+while ``GET /v1/stats`` is sampled every 0.5 s; after k6, /v1/stats is polled until every accepted request
+is processed and no item is pending (PostgreSQL confirms it), the figures are read from PostgreSQL, and
+squall dev is stopped.
 
 Profiles: P1 = 1 item per request, P2 = 100 items per request (all items use the ``sum`` processing).
 Modes: ``immediate`` (SQUALL_PROCESSINGS__SUM__MODE=immediate: items computed when recorded) and ``batch``
@@ -13,8 +15,10 @@ with --batch-interval).
 Figures per scenario: accepted requests/s (k6's 202 count / k6's run duration); items persisted/s end to
 end (items in a final state / (last items.updated_at - first requests.created_at), in SQL); HTTP p50/p99
 (k6's http_req_duration); end-to-end latency p50/p99 per request (processed_at - created_at, in SQL); peak
-RSS per service kind (every 0.5 s, each pid listed in dev.json, max per kind). A Markdown table goes to
-stdout; everything, with a description of the machine and the exact command, to OUT_DIR/bench-STAMP.json.
+RSS per service kind (every 0.5 s, each pid listed in dev.json, max per kind); drain: from the last
+acceptance to the last item persisted (in SQL). A Markdown table goes to stdout; everything, with a
+description of the machine and the exact command, to OUT_DIR/bench-STAMP.json, and a chart (throughput per
+second over time per scenario, latency percentiles) to OUT_DIR/bench-STAMP.png.
 """
 
 from __future__ import annotations
@@ -35,14 +39,18 @@ from pathlib import Path
 from typing import Any
 
 from bench import db, procs
+from bench.chart import write_chart
 from bench.dev import SquallDev
 from bench.k6run import k6_version, parse_duration, run_k6
 from bench.report import machine_info, markdown_table
 from bench.sampler import RssSampler
+from bench.stats import StatsWatcher
 
 PROFILES = {"P1": 1, "P2": 100}
 MODES = ("immediate", "batch")
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
+# After /v1/stats shows the drain: how long PostgreSQL may take to agree (its count is never behind).
+CONFIRM_TIMEOUT_SECONDS = 10.0
 
 # squall dev processes not stopped yet: the last line of defence stops them whatever happened.
 _LIVE: set[SquallDev] = set()
@@ -183,6 +191,8 @@ async def run_scenario(
     sampler = RssSampler(dev)
     stop_sampling = asyncio.Event()
     sampler_task: asyncio.Task[None] | None = None
+    watcher = StatsWatcher(dev.base_url)
+    watcher_task: asyncio.Task[None] | None = None
     try:
         _say(scenario, f"starting squall dev on {dev.base_url} (log {dev.log_path})")
         result["squall_dev_argv"] = dev.argv
@@ -190,11 +200,13 @@ async def run_scenario(
         result["startup_seconds"] = round(await asyncio.to_thread(dev.wait_ready, args.startup_timeout), 2)
         pg_port = _postgres_port(dev)
         sampler_task = asyncio.create_task(sampler.run(stop_sampling))
+        watcher_task = asyncio.create_task(watcher.run())
 
         _say(
             scenario, f"k6: {args.vus} VUs for {duration_text}, {scenario.items_per_request} item(s)/request"
         )
         run_id = f"{stamp}-{scenario.slug}"
+        result["stats_load_started_at"] = watcher.mark()
         k6 = await run_k6(
             base_url=dev.base_url,
             items_per_request=scenario.items_per_request,
@@ -211,17 +223,24 @@ async def run_scenario(
             f"k6 done: {k6['accepted_202']} accepted, {k6['not_accepted']} not; "
             f"waiting up to {args.drain_timeout:.0f} s for processing",
         )
-        drain = await db.wait_processed(pg_port, k6["accepted_202"], args.drain_timeout)
+        result["stats_load_ended_at"] = watcher.mark()
+        drain = await watcher.wait_drained(k6["accepted_202"], args.drain_timeout)
+        watcher.stop()
+        # PostgreSQL confirms (it may hold requests k6 gave up on that the gateway accepted anyway).
+        confirmed = await db.wait_processed(pg_port, k6["accepted_202"], CONFIRM_TIMEOUT_SECONDS)
+        drain |= {"postgres": confirmed, "drained": drain["drained"] and confirmed["drained"]}
         result["drain"] = drain
         result["db"] = await db.measure(pg_port)
+        result["timeline"] = await db.timeline(pg_port)
         if not drain["drained"]:
             result["error"] = (
-                f"only {drain['processed']} of {drain['requests']} requests processed "
-                f"after {args.drain_timeout:.0f} s"
+                f"only {confirmed['processed']} of {confirmed['requests']} requests processed "
+                f"after {args.drain_timeout:.0f} s (last /v1/stats: {drain['last']})"
             )
-        elif drain["requests"] != k6["accepted_202"]:
+        elif confirmed["requests"] != k6["accepted_202"]:
             # More rows than 202s: requests k6 gave up on (timeout) that the gateway accepted anyway.
-            result["note"] = f"{drain['requests']} requests in the database, {k6['accepted_202']} 202s seen"
+            seen = k6["accepted_202"]
+            result["note"] = f"{confirmed['requests']} requests in the database, {seen} 202s seen"
         if k6["exit_code"] != 0 and "error" not in result:
             result["error"] = f"k6 exited with code {k6['exit_code']}"
     except asyncio.CancelledError:
@@ -232,12 +251,15 @@ async def run_scenario(
         _say(scenario, f"FAILED: {result['error']}")
     finally:
         stop_sampling.set()
+        watcher.stop()
         try:
-            if sampler_task is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(sampler_task)
+            for task in (sampler_task, watcher_task):
+                if task is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(task)
         finally:
             result["rss"] = sampler.result()
+            result["stats_samples"] = watcher.samples
             _say(scenario, "stopping squall dev")
             dev.stop()  # synchronous on purpose: it must complete even while this task is being cancelled
             _LIVE.discard(dev)
@@ -300,10 +322,18 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out_dir / f"bench-{stamp}.json"
         doc["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         out.write_text(json.dumps(doc, indent=2) + "\n")
+        chart = out.with_suffix(".png")
+        try:
+            write_chart(doc, chart)
+        except Exception as exc:  # the figures are in the JSON already; a chart failure must not hide them
+            chart_note = f"no chart ({type(exc).__name__}: {exc})"
+        else:
+            chart_note = f"chart: {chart}"
         print()
         print(markdown_table(doc["scenarios"]))
         print()
         print(f"results: {out}")
+        print(chart_note)
     failed = doc.get("interrupted") or any(s.get("error") for s in doc["scenarios"])
     return 1 if failed else 0
 

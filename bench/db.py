@@ -19,7 +19,7 @@ _PROGRESS = "SELECT count(*) AS requests, count(*) FILTER (WHERE processed) AS p
 _THROUGHPUT = """
 WITH r AS (
     SELECT count(*) AS requests, coalesce(sum(item_count), 0) AS items_declared,
-           min(created_at) AS first_created
+           min(created_at) AS first_created, max(created_at) AS last_created
     FROM requests
 ), i AS (
     SELECT count(*) AS items,
@@ -30,8 +30,30 @@ WITH r AS (
 )
 SELECT r.requests, r.items_declared, i.items, i.done, i.failed,
        extract(epoch FROM i.last_updated - r.first_created)::float8 AS span_seconds,
-       (i.items / nullif(extract(epoch FROM i.last_updated - r.first_created), 0))::float8 AS items_per_second
+       (i.items / nullif(extract(epoch FROM i.last_updated - r.first_created), 0))::float8
+           AS items_per_second,
+       extract(epoch FROM i.last_updated - r.last_created)::float8 AS drain_seconds
 FROM r, i
+"""
+
+# Throughput over time, in whole seconds since the first acceptance: requests accepted (created_at),
+# requests processed (processed_at) and items persisted in a final state (updated_at) per second.
+_TIMELINE = """
+WITH origin AS (SELECT min(created_at) AS t0 FROM requests),
+accepted AS (
+    SELECT floor(extract(epoch FROM created_at - t0))::int AS second, count(*) AS n
+    FROM requests, origin GROUP BY 1
+), processed AS (
+    SELECT floor(extract(epoch FROM processed_at - t0))::int AS second, count(*) AS n
+    FROM requests, origin WHERE processed GROUP BY 1
+), persisted AS (
+    SELECT floor(extract(epoch FROM updated_at - t0))::int AS second, count(*) AS n
+    FROM items, origin WHERE state IN ('done', 'failed') GROUP BY 1
+)
+SELECT s.second, coalesce(a.n, 0) AS accepted, coalesce(p.n, 0) AS processed, coalesce(i.n, 0) AS items
+FROM (SELECT second FROM accepted UNION SELECT second FROM processed UNION SELECT second FROM persisted) s
+LEFT JOIN accepted a USING (second) LEFT JOIN processed p USING (second) LEFT JOIN persisted i USING (second)
+ORDER BY s.second
 """
 
 # Latency end to end per request: from the gateway's acceptance to the processor marking it processed.
@@ -100,10 +122,27 @@ async def measure(port: int) -> dict[str, Any]:
         "items_failed": int(t["failed"]),
         "span_seconds": None if t["span_seconds"] is None else round(t["span_seconds"], 3),
         "items_per_second": None if t["items_per_second"] is None else round(t["items_per_second"], 1),
+        # From the last acceptance to the last item persisted: how long the backlog took to drain.
+        "drain_seconds": None if t["drain_seconds"] is None else round(t["drain_seconds"], 3),
         "e2e_requests": int(lat["n"]),
         "e2e_p50_ms": _seconds_to_ms(lat["p50"]),
         "e2e_p90_ms": _seconds_to_ms(lat["p90"]),
         "e2e_p99_ms": _seconds_to_ms(lat["p99"]),
         "e2e_max_ms": _seconds_to_ms(lat["max"]),
         "e2e_avg_ms": _seconds_to_ms(lat["avg"]),
+    }
+
+
+async def timeline(port: int) -> dict[str, list[int]]:
+    """Per-second counts since the first acceptance (seconds without any event are left out)."""
+    conn = await _connect(port)
+    try:
+        rows = await conn.fetch(_TIMELINE, timeout=QUERY_TIMEOUT_SECONDS)
+    finally:
+        await conn.close(timeout=5)
+    return {
+        "second": [int(r["second"]) for r in rows],
+        "requests_accepted": [int(r["accepted"]) for r in rows],
+        "requests_processed": [int(r["processed"]) for r in rows],
+        "items_persisted": [int(r["items"]) for r in rows],
     }

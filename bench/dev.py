@@ -21,7 +21,7 @@ from bench import procs
 _STRIPPED_PREFIXES = ("SQUALL_NATS_URL", "SQUALL_DATABASE_URL", "SQUALL_PROCESSINGS__", "SQUALL_GATEWAY__")
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 # A direct opener: never route 127.0.0.1 through a proxy taken from the environment.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+HTTP_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 STOP_TIMEOUT_SECONDS = 60.0  # squall dev's own grace is 25 s for children plus 15 s per embedded server
 
@@ -47,7 +47,7 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 
 def http_get(url: str, timeout: float = 2.0) -> int:
     try:
-        with _HTTP.open(url, timeout=timeout) as response:
+        with HTTP_OPENER.open(url, timeout=timeout) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

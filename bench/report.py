@@ -82,6 +82,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         "HTTP p99 ms",
         "e2e p50 ms",
         "e2e p99 ms",
+        "drain s",
         *[f"RSS {s} MB" for s in SERVICES],
         "notes",
     ]
@@ -115,6 +116,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             _fmt(k6.get("http_p99_ms"), 1),
             _fmt(db.get("e2e_p50_ms"), 0),
             _fmt(db.get("e2e_p99_ms"), 0),
+            _fmt(db.get("drain_seconds"), 2),
             *[_fmt(rss.get(s), 0) for s in SERVICES],
             "; ".join(notes),
         ]
