@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -24,7 +25,7 @@ from sqlalchemy.engine import make_url
 from squall.core import migrate
 from squall.core.embedded import NatsServer, PostgresServer
 from squall.core.settings import Settings, load_settings
-from tests.integration.harness import System, make_settings, plain_dsn, start_system
+from tests.integration.harness import LogRecords, System, make_settings, plain_dsn, start_system
 
 _databases = itertools.count()
 
@@ -130,3 +131,16 @@ async def own_postgres(tmp_path: Path) -> AsyncIterator[PostgresServer]:
     await migrate.upgrade_async(make_settings("nats://127.0.0.1:1", server.url))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def records() -> Iterator[LogRecords]:
+    """The squall loggers' records during the test, at DEBUG."""
+    handler = LogRecords()
+    logger = logging.getLogger("squall")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(previous)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import httpx
 import nats
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import broker, events, store
+from squall.core import broker, events, store, tracing
 from squall.core.db import create_engine
 from squall.core.embedded import free_port
 from squall.core.processings import Registry, load_registry
@@ -30,6 +31,26 @@ from squall.processor.worker import Processor
 from squall.scheduler.service import Scheduler
 
 T = TypeVar("T")
+
+
+class LogRecords(logging.Handler):
+    """Every record of the squall loggers, after the context filter the services use (the ``records``
+    fixture installs one)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.addFilter(tracing.ContextFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def find(self, message: str, **fields: Any) -> list[logging.LogRecord]:
+        return [
+            r
+            for r in self.records
+            if r.getMessage() == message and all(r.__dict__.get(k) == v for k, v in fields.items())
+        ]
 
 
 def plain_dsn(url: str) -> str:

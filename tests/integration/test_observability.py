@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
-import pytest
 from sqlalchemy import text
 
-from squall.core import broker, tracing
+from squall.core import broker
 from squall.core.db import create_engine
 from squall.core.logs import JsonFormatter
 from squall.processor.worker import Processor
 from tests.integration import effect_processings
-from tests.integration.harness import System, make_settings, wait_for
+from tests.integration.harness import LogRecords, System, make_settings, wait_for
 from tests.integration.test_stats import scrape
 
 MODULE = "tests.integration.effect_processings"
@@ -94,31 +93,9 @@ async def test_db_pool_gauge_counts_connections_in_use(system: System) -> None:
     assert (value(released, name, state="in_use"), value(released, name, state="idle")) == (0, 2)
 
 
-class _Records(logging.Handler):
-    """Every record of the squall loggers, after the same context filter the services use."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.addFilter(tracing.ContextFilter())
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def records() -> Iterator[_Records]:
-    handler = _Records()
-    logger = logging.getLogger("squall")
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
-
-
-async def test_the_clients_traceparent_reaches_the_processors_log(system: System, records: _Records) -> None:
+async def test_the_clients_traceparent_reaches_the_processors_log(
+    system: System, records: LogRecords
+) -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     header = f"00-{trace_id}-00f067aa0ba902b7-01"
     response = await system.client.post(
@@ -163,7 +140,7 @@ async def test_a_replays_trace_reaches_the_poll_tasks_log(
     nats_url: str,
     database_url: str,
     system_factory: Callable[..., Awaitable[System]],
-    records: _Records,
+    records: LogRecords,
 ) -> None:
     effect_processings.REFUSE_ONCE_CALLS.clear()
     system = await system_factory(make_settings(nats_url, database_url, processing_modules=[MODULE]))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import subprocess
 import sys
 import threading
@@ -26,11 +25,11 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
-from squall.core import events, otel, tracing
+from squall.core import events, otel
 from squall.core.embedded import free_port
 from squall.core.settings import OtelSettings, Settings
 from tests.integration import effect_processings
-from tests.integration.harness import ROOT, ServiceProcesses, System, make_settings, wait_for
+from tests.integration.harness import ROOT, LogRecords, ServiceProcesses, System, make_settings, wait_for
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -138,37 +137,6 @@ def exporting(receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch) -> Iterat
     assert otel.tracer is None
 
 
-class _Records(logging.Handler):
-    """Every record of the squall loggers, after the context filter the services use."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.addFilter(tracing.ContextFilter())
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def find(self, message: str, **fields: Any) -> list[logging.LogRecord]:
-        return [
-            r
-            for r in self.records
-            if r.getMessage() == message and all(r.__dict__.get(k) == v for k, v in fields.items())
-        ]
-
-
-@pytest.fixture
-def records() -> Iterator[_Records]:
-    handler = _Records()
-    logger = logging.getLogger("squall")
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
-
-
 SERVER, PRODUCER, CONSUMER = (
     SpanProto.SPAN_KIND_SERVER,
     SpanProto.SPAN_KIND_PRODUCER,
@@ -179,7 +147,7 @@ SERVER, PRODUCER, CONSUMER = (
 async def test_one_trace_covers_client_gateway_nats_and_processor(
     exporting: None,
     receiver: OtlpReceiver,
-    records: _Records,
+    records: LogRecords,
     nats_url: str,
     database_url: str,
     system_factory: Callable[..., Awaitable[System]],
@@ -269,7 +237,7 @@ async def test_one_trace_covers_client_gateway_nats_and_processor(
 async def test_a_replay_traces_into_the_poll_task(
     exporting: None,
     receiver: OtlpReceiver,
-    records: _Records,
+    records: LogRecords,
     nats_url: str,
     database_url: str,
     system_factory: Callable[..., Awaitable[System]],
