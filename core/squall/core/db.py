@@ -149,7 +149,9 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
         settings.database_url,
         pool_size=pool_size or settings.database_pool_size,
         max_overflow=0,
-        pool_pre_ping=True,
+        # No ping per checkout (a round trip per request): a connection found dead when used is
+        # invalidated with every older one, so a database restart costs each process one failed call.
+        pool_pre_ping=settings.database_pool_pre_ping,
         pool_recycle=1800,
         # Statements are built per call from text(); asyncpg's own prepared-statement cache does the rest.
         connect_args={"server_settings": {"application_name": "squall"}},

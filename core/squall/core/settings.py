@@ -261,6 +261,11 @@ class Settings(BaseSettings):
         description="File holding the PostgreSQL password (e.g. a mounted Secret); it replaces the URL's.",
     )
     database_pool_size: int = Field(10, ge=1, le=200, description="Connections per process.")
+    database_pool_pre_ping: bool = Field(
+        False,
+        description="Test each pooled connection before use (a round trip each time); only for networks "
+        "that drop idle connections silently.",
+    )
     log_format: Literal["json", "text"] = Field("json", description="json in containers, text locally.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     instance_id: str = Field(
