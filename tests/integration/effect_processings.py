@@ -93,3 +93,15 @@ def broken_now(numbers: list[int]) -> list[int]:
     """An immediate processing that always fails retryably: its items end failed, their task dead."""
     BROKEN_NOW_CALLS.append(numbers)
     raise ConnectionError("the upstream is gone")
+
+
+REFUSE_ONCE_NOW_CALLS: list[list[int]] = []
+
+
+@processing(name="refuse_once_now", mode="immediate", batch_size=100)
+def refuse_once_now(numbers: list[int]) -> list[int]:
+    """Immediate; fails permanently the first time (at recording), works once an operator fixed things."""
+    REFUSE_ONCE_NOW_CALLS.append(numbers)
+    if len(REFUSE_ONCE_NOW_CALLS) == 1:
+        raise PermanentError("the price list is missing")
+    return [n + 5 for n in numbers]

@@ -114,3 +114,36 @@ async def test_immediate_items_out_of_attempts_are_dead_and_replayable(
 
     await wait_for(tried_again, timeout=30, what="the replayed item run again")
     await wait_for(lambda: system.wait_processed("gone"), what="failed again, processed")
+
+
+async def test_an_immediate_request_failed_at_recording_is_dead_and_replayable(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    effect_processings.REFUSE_ONCE_NOW_CALLS.clear()
+    system = await system_factory(make_settings(nats_url, database_url, processing_modules=[MODULE]))
+    await system.start_scheduler()
+    accepted = await system.submit(
+        {"rid": "priced", "items": [{"number": n, "job": "refuse_once_now"} for n in (1, 2)]}
+    )
+    state = await system.wait_processed("priced")
+    assert [i["state"] for i in state["items"]] == ["failed", "failed"]
+    # A permanent error at recording: the request task is dead with the error, listed with the dead letters.
+    dead = (await system.client.get("/v1/tasks", params={"state": "dead", "kind": "request"})).json()["tasks"]
+    assert [t["task_id"] for t in dead] == [accepted["task_id"]]
+    assert "price list is missing" in dead[0]["error"]
+    assert (await system.client.get("/v1/stats")).json()["dead_tasks"] == {"refuse_once_now": 1}
+    # Replayed: fresh attempts, run by the processing's schedule; a second replay is a 409.
+    replay = await system.client.post(f"/v1/tasks/{accepted['task_id']}/retry")
+    assert replay.status_code == 202 and replay.json()["state"] == "succeeded", replay.text
+    assert (await system.client.post(f"/v1/tasks/{accepted['task_id']}/retry")).status_code == 409
+    state = await system.wait_processed("priced", timeout=30)
+    assert [i["result"] for i in state["items"]] == [6, 7]
+    assert len(effect_processings.REFUSE_ONCE_NOW_CALLS) == 2
+
+    async def counted() -> dict[str, object] | None:  # /v1/stats is cached for a second
+        stats = (await system.client.get("/v1/stats")).json()
+        return stats if stats["items"]["refuse_once_now"]["done"] == 2 else None
+
+    stats = await wait_for(counted, what="the counts after the replay")
+    assert stats["items"]["refuse_once_now"] == {"pending": 0, "done": 2, "failed": 0}
+    assert stats["requests"]["processed"] == 1 and stats["dead_tasks"] == {}

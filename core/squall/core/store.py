@@ -270,8 +270,11 @@ _READ_STATS = text(
         SELECT counter, processing, n FROM stat_totals
         UNION ALL SELECT counter, processing, n FROM stat_deltas
         UNION ALL SELECT 'requests_unrecorded', '', count(*) FROM requests WHERE recorded_at IS NULL
-        UNION ALL SELECT 'tasks_dead', processing, count(*) FROM tasks WHERE state = 'dead'
-                  GROUP BY processing
+        -- A dead request task (its immediate items failed at recording) counts under its items' processing.
+        UNION ALL SELECT 'tasks_dead', coalesce(t.processing, (SELECT i.job FROM items i
+                                                              WHERE i.request_task_id = t.id
+                                                              ORDER BY i.position LIMIT 1), ''), count(*)
+                  FROM tasks t WHERE t.state = 'dead' GROUP BY 2
     ) AS c
     GROUP BY counter, processing
     """
@@ -409,16 +412,22 @@ async def insert_items(conn: AsyncConnection, new_items: Sequence[NewItem]) -> N
     )
 
 
-async def finish_request_tasks(conn: AsyncConnection, task_ids: Iterable[uuid.UUID]) -> None:
+async def finish_request_tasks(
+    conn: AsyncConnection, task_ids: Iterable[uuid.UUID], dead: dict[uuid.UUID, str] | None = None
+) -> None:
+    """Request tasks recorded: succeeded, or dead with the error (items failed for good at recording)."""
+    ids = list(task_ids)
     await conn.execute(
         text(
             """
-            UPDATE tasks SET state = 'succeeded', attempts = attempts + 1, updated_at = now(),
+            UPDATE tasks SET state = CASE WHEN v.e IS NULL THEN 'succeeded' ELSE 'dead' END, error = v.e,
+                             attempts = attempts + 1, updated_at = now(),
                              started_at = coalesce(started_at, now()), finished_at = now()
-            WHERE id = ANY(CAST(:ids AS uuid[]))
+            FROM unnest(CAST(:ids AS uuid[]), CAST(:errors AS text[])) AS v(id, e)
+            WHERE tasks.id = v.id
             """
         ),
-        {"ids": list(task_ids)},
+        {"ids": ids, "errors": [(dead or {}).get(i) for i in ids]},
     )
 
 
@@ -603,8 +612,10 @@ async def finish_poll_task(
 
 
 async def replay_task(conn: AsyncConnection, task_id: uuid.UUID) -> tuple[str, Any]:
-    """Make a dead poll task run again: back to queued, its failed items pending with fresh attempts (and
-    their requests no longer processed).
+    """Make a dead task run again: its failed items pending with fresh attempts (and their requests no
+    longer processed). A poll task goes back to queued (the caller publishes it again); a request task's
+    items — failed at recording, never claimed — are left to their processing's schedule, and the task,
+    whose work (recording) is done, is succeeded again.
 
     Answers ("replayed", row), ("not_dead", row) or ("missing", None). Only a dead task is replayed, so
     two replays of one task run it once."""
@@ -619,7 +630,10 @@ async def replay_task(conn: AsyncConnection, task_id: uuid.UUID) -> tuple[str, A
     if row.state != "dead":
         return "not_dead", row
     await conn.execute(
-        text("UPDATE tasks SET state = 'queued', updated_at = now(), finished_at = NULL WHERE id = :id"),
+        text(
+            "UPDATE tasks SET state = CASE WHEN kind = 'request' THEN 'succeeded' ELSE 'queued' END, "
+            "error = NULL, updated_at = now(), finished_at = NULL WHERE id = :id"
+        ),
         {"id": task_id},
     )
     await conn.execute(
@@ -628,7 +642,8 @@ async def replay_task(conn: AsyncConnection, task_id: uuid.UUID) -> tuple[str, A
             WITH reset AS (
                 UPDATE items SET state = 'pending', attempts = 0, error = NULL, not_before = NULL,
                                  updated_at = now()
-                WHERE claim_task_id = :id AND state = 'failed'
+                WHERE state = 'failed'
+                  AND (claim_task_id = :id OR (request_task_id = :id AND claim_task_id IS NULL))
                 RETURNING request_task_id, job
             ), reopened AS (
                 UPDATE requests SET processed = false, processed_at = NULL

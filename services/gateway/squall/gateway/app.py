@@ -218,22 +218,23 @@ class TaskRetryHandler(IntakeHandler):
                 raise ApiError(
                     409, "not_dead", f"only a dead task can be replayed; this one is {row.state}", "task_id"
                 )
-            # Published before the commit: should the commit fail, the task is still dead and the message
-            # is skipped by the processor; the client replays again.
-            replay = events.PollTask(
-                task_id=task_id,
-                processing=row.processing,
-                batch_size=row.batch_size,
-                tick_key=f"replay-{uuid.uuid4().hex}",
-            )
-            if otel.tracer is not None:
-                otel.annotate({"squall.task_id": str(task_id), "squall.processing": row.processing})
-            await self.app.publish(
-                events.poll_subject(row.processing),
-                replay.model_dump_json().encode(),
-                replay.msg_id,
-                lambda: {"squall.task_id": str(task_id), "squall.processing": row.processing},
-            )
+            if row.kind == "poll":  # a request task's items wait for their processing's schedule
+                # Published before the commit: should the commit fail, the task is still dead and the message
+                # is skipped by the processor; the client replays again.
+                replay = events.PollTask(
+                    task_id=task_id,
+                    processing=row.processing,
+                    batch_size=row.batch_size,
+                    tick_key=f"replay-{uuid.uuid4().hex}",
+                )
+                if otel.tracer is not None:
+                    otel.annotate({"squall.task_id": str(task_id), "squall.processing": row.processing})
+                await self.app.publish(
+                    events.poll_subject(row.processing),
+                    replay.model_dump_json().encode(),
+                    replay.msg_id,
+                    lambda: {"squall.task_id": str(task_id), "squall.processing": row.processing},
+                )
         task = await store.get_task(self.app.engine, task_id)
         self.write_json(task, 202)
 

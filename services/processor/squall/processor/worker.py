@@ -190,7 +190,7 @@ class Processor:
     ) -> tuple[set[uuid.UUID], dict[uuid.UUID, float]]:
         """Record a batch of request events (each once), ack them; the tasks recorded now and the ones
         completed at recording. ``traces``: the exported spans' contexts, one per event, when export is on."""
-        computed = await self._compute_immediate([e for _, e in submitted])
+        computed, dead = await self._compute_immediate([e for _, e in submitted])
         async with self.engine.begin() as conn:
             fresh = await store.claim_unrecorded(conn, [e.task_id for _, e in submitted])
             new_items: list[store.NewItem] = []
@@ -209,7 +209,7 @@ class Processor:
                         )
                     )
             await store.insert_items(conn, new_items)
-            await store.finish_request_tasks(conn, fresh)
+            await store.finish_request_tasks(conn, fresh, {t: e for t, e in dead.items() if t in fresh})
             finished = dict(await store.mark_processed(conn, fresh))
         for msg, _ in submitted:
             await msg.ack()
@@ -234,7 +234,10 @@ class Processor:
                             "attempt": msg.metadata.num_delivered,
                         },
                     )
-        metrics.TASKS.labels("request", "", "succeeded").inc(len(fresh))
+        dead_now = sum(1 for t in fresh if t in dead)
+        metrics.TASKS.labels("request", "", "succeeded").inc(len(fresh) - dead_now)
+        if dead_now:
+            metrics.TASKS.labels("request", "", "dead").inc(dead_now)
         metrics.TASK_DURATION.labels("request", "").observe(elapsed)
         for new in new_items:
             if new.state != "pending":
@@ -246,20 +249,21 @@ class Processor:
 
     async def _compute_immediate(
         self, submitted: list[events.RequestSubmitted]
-    ) -> dict[tuple[uuid.UUID, int], Outcome]:
-        """Results of the items whose processing is immediate (or unknown), keyed by (task, position)."""
+    ) -> tuple[dict[tuple[uuid.UUID, int], Outcome], dict[uuid.UUID, str]]:
+        """Results of the items whose processing is immediate (or unknown), keyed by (task, position); and
+        the request tasks that are dead, with the error: an item failed for good by a batch error (no
+        attempt left, a permanent error) or an unknown processing. ``ItemFailed`` is an answer, not a
+        task failure."""
+        dead: dict[uuid.UUID, str] = {}
         by_job: dict[str, list[tuple[uuid.UUID, int, int]]] = defaultdict(list)
         computed: dict[tuple[uuid.UUID, int], Outcome] = {}
         for event in submitted:
             for position, item in enumerate(event.items):
                 proc = self.registry.get(item.job)
                 if proc is None:
-                    computed[(event.task_id, position)] = (
-                        "failed",
-                        None,
-                        f"unknown processing {item.job!r}",
-                        None,
-                    )
+                    error = f"unknown processing {item.job!r}"
+                    computed[(event.task_id, position)] = ("failed", None, error, None)
+                    dead.setdefault(event.task_id, error)
                 elif proc.mode == "immediate":
                     by_job[item.job].append((event.task_id, position, item.number))
         for job, entries in by_job.items():
@@ -268,10 +272,14 @@ class Processor:
                 chunk = entries[start : start + proc.batch_size]
                 # The first attempt; a retryable failure leaves the items pending for the processing's
                 # schedule, which claims them after the backoff like a batch processing's.
-                outcomes, _ = await run_batch(proc, [n for _, _, n in chunk], attempts=[1] * len(chunk))
+                outcomes, batch_error = await run_batch(
+                    proc, [n for _, _, n in chunk], attempts=[1] * len(chunk)
+                )
                 for (task_id, position, _), outcome in zip(chunk, outcomes, strict=True):
                     computed[(task_id, position)] = outcome
-        return computed
+                    if batch_error is not None and outcome[0] == "failed":
+                        dead.setdefault(task_id, batch_error)
+        return computed, dead
 
     # --- polling tasks ------------------------------------------------------------------------------------
 
