@@ -5,10 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,7 +15,7 @@ import pytest
 
 from squall.core.settings import Settings
 from tests.integration import effect_processings
-from tests.integration.harness import System, make_settings, wait_for
+from tests.integration.harness import ServiceProcesses, System, make_settings, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = "tests.integration.effect_processings"
@@ -27,49 +23,24 @@ INTERVAL = 0.2
 LEASE = 3.0
 
 
-class Replicas:
-    """``squall scheduler`` processes, by instance id."""
+class Replicas(ServiceProcesses):
+    """``squall scheduler`` processes, named scheduler-1, scheduler-2, … as they are started."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.settings = settings
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        super().__init__(
+            settings,
+            log_dir,
+            SQUALL_PROCESSING_MODULES=MODULE,
+            SQUALL_SCHEDULER__DEFAULT_INTERVAL_SECONDS=str(INTERVAL),
+            SQUALL_SCHEDULER__LEASE_SECONDS=str(LEASE),
+        )
         self.count = 0
 
-    def start(self) -> str:
+    def start(self) -> str:  # type: ignore[override]
         self.count += 1
         name = f"scheduler-{self.count}"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")},
-            "PYTHONPATH": str(ROOT),
-            "SQUALL_NATS_URL": self.settings.nats_url,
-            "SQUALL_DATABASE_URL": self.settings.database_url,
-            "SQUALL_PROCESSING_MODULES": MODULE,
-            "SQUALL_SCHEDULER__DEFAULT_INTERVAL_SECONDS": str(INTERVAL),
-            "SQUALL_SCHEDULER__LEASE_SECONDS": str(LEASE),
-            "SQUALL_SCHEDULER__HTTP_PORT": "0",
-            "SQUALL_INSTANCE_ID": name,
-            "SQUALL_LOG_FORMAT": "text",
-        }
-        with open(self.log_dir / f"{name}.log", "wb") as out:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "squall.core.cli", "scheduler"], env=env, stdout=out, stderr=out
-            )
+        super().start("scheduler", name)
         return name
-
-    def kill(self, name: str) -> None:
-        self.procs[name].send_signal(signal.SIGKILL)
-        self.procs[name].wait()
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 @pytest.fixture

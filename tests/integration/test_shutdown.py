@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import pytest
 
 from squall.core.embedded import free_port
 from squall.core.settings import Settings
-from tests.integration.harness import ProcessorProcesses, System, make_settings, wait_for
+from tests.integration.harness import ProcessorProcesses, ServiceProcesses, System, make_settings, wait_for
 
 MODULE = "tests.integration.effect_processings"
 
@@ -79,19 +76,15 @@ async def test_processor_sigterm_exits_zero_and_loses_nothing(
 @pytest.mark.slow
 async def test_gateway_sigterm_reports_not_ready_then_exits_zero(settings: Settings, tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")},
-        "SQUALL_NATS_URL": settings.nats_url,
-        "SQUALL_DATABASE_URL": settings.database_url,
-        "SQUALL_GATEWAY__PORT": str(port),
-        "SQUALL_GATEWAY__HOST": "127.0.0.1",
-        "SQUALL_GATEWAY__SHUTDOWN_DELAY_SECONDS": "1.5",
-        "SQUALL_AUTH__REQUIRED": "false",
-    }
-    with open(tmp_path / "gateway.log", "wb") as log:
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "squall.core.cli", "gateway"], env=env, stdout=log, stderr=log
-        )
+    services = ServiceProcesses(
+        settings,
+        tmp_path,
+        SQUALL_GATEWAY__PORT=str(port),
+        SQUALL_GATEWAY__HOST="127.0.0.1",
+        SQUALL_GATEWAY__SHUTDOWN_DELAY_SECONDS="1.5",
+        SQUALL_AUTH__REQUIRED="false",
+    )
+    gateway = services.start("gateway", "gateway")
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=url, timeout=5) as client:
@@ -115,5 +108,4 @@ async def test_gateway_sigterm_reports_not_ready_then_exits_zero(settings: Setti
             assert accepted.status_code == 202
         assert await asyncio.to_thread(gateway.wait, 30) == 0
     finally:
-        if gateway.poll() is None:
-            gateway.kill()
+        services.stop_all()
