@@ -38,6 +38,12 @@ _METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"
 _LEGACY_SCOPES = frozenset(("submit", "read"))
 
 
+def _unauthorized(message: str, error: str | None = None) -> ApiError:
+    """401 with the RFC 6750 challenge (``error`` says why a given token was refused)."""
+    challenge = 'Bearer realm="squall"' + (f', error="{error}"' if error else "")
+    return ApiError(401, "unauthorized", message, "Authorization", {"WWW-Authenticate": challenge})
+
+
 class BaseHandler(JsonHandler):
     """Shared behaviour of every gateway route: authentication, rate limits, body parsing."""
 
@@ -66,32 +72,14 @@ class BaseHandler(JsonHandler):
         elif header is None and self.legacy_route and auth.legacy_trusted(address):
             principal = Principal(f"address:{address}", _LEGACY_SCOPES)
         elif header is None:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "this route needs a bearer token: Authorization: Bearer <token>",
-                "Authorization",
-                {"WWW-Authenticate": 'Bearer realm="squall"'},
-            )
+            raise _unauthorized("this route needs a bearer token: Authorization: Bearer <token>")
         else:
             scheme, _, token = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise ApiError(
-                    401,
-                    "unauthorized",
-                    "the Authorization header must be: Bearer <token>",
-                    "Authorization",
-                    {"WWW-Authenticate": 'Bearer realm="squall", error="invalid_request"'},
-                )
+                raise _unauthorized("the Authorization header must be: Bearer <token>", "invalid_request")
             found = await auth.principal(token.strip())
             if found is None:
-                raise ApiError(
-                    401,
-                    "unauthorized",
-                    "unknown or revoked token",
-                    "Authorization",
-                    {"WWW-Authenticate": 'Bearer realm="squall", error="invalid_token"'},
-                )
+                raise _unauthorized("unknown or revoked token", "invalid_token")
             principal = found
         if not grants(principal.scopes, needed):
             raise ApiError(
