@@ -350,85 +350,87 @@ class NewItem:
     retry_in: float | None = None  # an immediate item that failed retryably waits this long (attempt 1 made)
 
 
-async def claim_unrecorded(conn: AsyncConnection, task_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    """Mark requests recorded; answers the ones this transaction recorded (the rest are duplicates)."""
-    rows = await conn.execute(
-        text(
-            """
-            WITH r AS (
-                UPDATE requests SET recorded_at = now(), payload = NULL
-                WHERE task_id = ANY(CAST(:ids AS uuid[])) AND recorded_at IS NULL
-                RETURNING task_id
-            ), counted AS (
-                INSERT INTO stat_deltas (counter, processing, n)
-                SELECT 'requests_recorded', '', count(*) FROM r HAVING count(*) > 0
-            )
-            SELECT task_id FROM r
-            """
-        ),
-        {"ids": list(task_ids)},
+@dataclass(frozen=True)
+class RecordedRequest:
+    task_id: uuid.UUID
+    processed: bool  # every item already done or failed (immediate processings): the request is complete
+    seconds: float  # since the gateway accepted it
+
+
+_RECORD_REQUESTS = text(
+    """
+    WITH claimed AS (
+        UPDATE requests r SET recorded_at = now(), payload = NULL,
+                              processed = v.complete, processed_at = CASE WHEN v.complete THEN now() END
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:complete AS bool[]), CAST(:errors AS text[]))
+             AS v(id, complete, error)
+        WHERE r.task_id = v.id AND r.recorded_at IS NULL
+        RETURNING r.task_id, v.complete, v.error,
+                  extract(epoch FROM clock_timestamp() - r.created_at) AS seconds
+    ), new AS (
+        SELECT v.* FROM unnest(CAST(:t AS uuid[]), CAST(:p AS int[]), CAST(:n AS bigint[]),
+                               CAST(:j AS text[]), CAST(:s AS text[]), CAST(:r AS text[]),
+                               CAST(:e AS text[]), CAST(:d AS float8[])) AS v(t, p, n, j, s, r, e, d)
+        JOIN claimed ON claimed.task_id = v.t
+    ), inserted AS (
+        INSERT INTO items (request_task_id, position, number, job, state, result, error, attempts, not_before)
+        SELECT t, p, n, j, s, CAST(r AS jsonb), e, CASE WHEN s = 'pending' AND e IS NULL THEN 0 ELSE 1 END,
+               now() + make_interval(secs => d)
+        FROM new
+    ), finished AS (
+        UPDATE tasks SET state = CASE WHEN c.error IS NULL THEN 'succeeded' ELSE 'dead' END, error = c.error,
+                         attempts = attempts + 1, updated_at = now(),
+                         started_at = coalesce(started_at, now()), finished_at = now()
+        FROM claimed c WHERE tasks.id = c.task_id
+    ), counted AS (
+        INSERT INTO stat_deltas (counter, processing, n)
+        SELECT 'requests_recorded', '', count(*) FROM claimed HAVING count(*) > 0
+        UNION ALL
+        SELECT 'requests_processed', '', count(*) FILTER (WHERE complete) FROM claimed
+        HAVING count(*) FILTER (WHERE complete) > 0
+        UNION ALL
+        SELECT c.counter, new.j, count(*)
+        FROM new CROSS JOIN LATERAL (
+            VALUES ('items_recorded'), (CASE WHEN new.s IN ('done', 'failed') THEN 'items_' || new.s END)
+        ) AS c(counter)
+        WHERE c.counter IS NOT NULL
+        GROUP BY c.counter, new.j
     )
-    return {r.task_id for r in rows}
+    SELECT task_id, complete, seconds FROM claimed
+    """
+)
 
 
-async def insert_items(conn: AsyncConnection, new_items: Sequence[NewItem]) -> None:
-    if not new_items:
-        return
-    await conn.execute(
-        text(
-            """
-            WITH inserted AS (
-                INSERT INTO items (request_task_id, position, number, job, state, result, error, attempts,
-                                   not_before)
-                SELECT t, p, n, j, s, CAST(r AS jsonb), e,
-                       CASE WHEN s = 'pending' AND e IS NULL THEN 0 ELSE 1 END,
-                       now() + make_interval(secs => d)
-                FROM unnest(CAST(:t AS uuid[]), CAST(:p AS int[]), CAST(:n AS bigint[]),
-                            CAST(:j AS text[]), CAST(:s AS text[]), CAST(:r AS text[]), CAST(:e AS text[]),
-                            CAST(:d AS float8[]))
-                     AS v(t, p, n, j, s, r, e, d)
-                RETURNING job, state
-            )
-            INSERT INTO stat_deltas (counter, processing, n)
-            SELECT c.counter, inserted.job, count(*)
-            FROM inserted CROSS JOIN LATERAL (
-                VALUES ('items_recorded'), (CASE WHEN inserted.state IN ('done', 'failed')
-                                                 THEN 'items_' || inserted.state END)
-            ) AS c(counter)
-            WHERE c.counter IS NOT NULL
-            GROUP BY c.counter, inserted.job
-            """
-        ),
-        {
-            "t": [i.request_task_id for i in new_items],
-            "p": [i.position for i in new_items],
-            "n": [i.number for i in new_items],
-            "j": [i.job for i in new_items],
-            "s": [i.state for i in new_items],
-            "r": [i.result for i in new_items],
-            "e": [i.error for i in new_items],
-            "d": [i.retry_in for i in new_items],
-        },
-    )
-
-
-async def finish_request_tasks(
-    conn: AsyncConnection, task_ids: Iterable[uuid.UUID], dead: dict[uuid.UUID, str] | None = None
-) -> None:
-    """Request tasks recorded: succeeded, or dead with the error (items failed for good at recording)."""
+async def record_requests(
+    engine: AsyncEngine,
+    task_ids: Sequence[uuid.UUID],
+    new_items: Sequence[NewItem],
+    dead: dict[uuid.UUID, str],
+) -> list[RecordedRequest]:
+    """Record requests, each once, in one statement (atomic by itself, one round trip): mark them recorded,
+    insert their items, finish their request tasks (succeeded, or dead with the error in ``dead``), and
+    mark processed the ones none of whose items is pending. ``task_ids`` are distinct; ``new_items`` holds
+    all their items. Answers the requests recorded now (the others were recorded before: redeliveries)."""
     ids = list(task_ids)
-    await conn.execute(
-        text(
-            """
-            UPDATE tasks SET state = CASE WHEN v.e IS NULL THEN 'succeeded' ELSE 'dead' END, error = v.e,
-                             attempts = attempts + 1, updated_at = now(),
-                             started_at = coalesce(started_at, now()), finished_at = now()
-            FROM unnest(CAST(:ids AS uuid[]), CAST(:errors AS text[])) AS v(id, e)
-            WHERE tasks.id = v.id
-            """
-        ),
-        {"ids": ids, "errors": [(dead or {}).get(i) for i in ids]},
-    )
+    pending = {item.request_task_id for item in new_items if item.state == "pending"}
+    async with statements(engine) as conn:
+        rows = await conn.execute(
+            _RECORD_REQUESTS,
+            {
+                "ids": ids,
+                "complete": [i not in pending for i in ids],
+                "errors": [dead.get(i) for i in ids],
+                "t": [i.request_task_id for i in new_items],
+                "p": [i.position for i in new_items],
+                "n": [i.number for i in new_items],
+                "j": [i.job for i in new_items],
+                "s": [i.state for i in new_items],
+                "r": [i.result for i in new_items],
+                "e": [i.error for i in new_items],
+                "d": [i.retry_in for i in new_items],
+            },
+        )
+        return [RecordedRequest(r.task_id, r.complete, float(r.seconds)) for r in rows]
 
 
 async def mark_processed(

@@ -191,26 +191,19 @@ class Processor:
         """Record a batch of request events (each once), ack them; the tasks recorded now and the ones
         completed at recording. ``traces``: the exported spans' contexts, one per event, when export is on."""
         computed, dead = await self._compute_immediate([e for _, e in submitted])
-        async with self.engine.begin() as conn:
-            fresh = await store.claim_unrecorded(conn, [e.task_id for _, e in submitted])
-            new_items: list[store.NewItem] = []
-            to_record = set(fresh)
-            for _, event in submitted:
-                if event.task_id not in to_record:
-                    continue  # recorded before (a redelivery or a re-publish), or twice in this batch
-                to_record.discard(event.task_id)
-                for position, item in enumerate(event.items):
-                    state, result, error, retry_in = computed.get(
-                        (event.task_id, position), ("pending", None, None, None)
-                    )
-                    new_items.append(
-                        store.NewItem(
-                            event.task_id, position, item.number, item.job, state, result, error, retry_in
-                        )
-                    )
-            await store.insert_items(conn, new_items)
-            await store.finish_request_tasks(conn, fresh, {t: e for t, e in dead.items() if t in fresh})
-            finished = dict(await store.mark_processed(conn, fresh))
+        distinct: dict[uuid.UUID, events.RequestSubmitted] = {}  # an event twice in this batch: once
+        for _, event in submitted:
+            distinct.setdefault(event.task_id, event)
+        candidates: list[store.NewItem] = []
+        for event in distinct.values():
+            for position, item in enumerate(event.items):
+                outcome = computed.get((event.task_id, position), PENDING)
+                candidates.append(store.NewItem(event.task_id, position, item.number, item.job, *outcome))
+        recorded = await store.record_requests(self.engine, list(distinct), candidates, dead)
+        # The requests recorded before (redeliveries, re-publishes) were left alone.
+        fresh = {r.task_id for r in recorded}
+        finished = {r.task_id: r.seconds for r in recorded if r.processed}
+        new_items = [item for item in candidates if item.request_task_id in fresh]
         for msg, _ in submitted:
             await msg.ack()
         elapsed = time.perf_counter() - started
@@ -457,6 +450,7 @@ class Processor:
 
 Outcome = tuple[str, str | None, str | None, float | None]
 """An item's (state, result as JSON text, error, seconds before it may be retried)."""
+PENDING: Outcome = ("pending", None, None, None)  # a batch processing's item, left to its poll tasks
 
 
 async def run_batch(
