@@ -114,7 +114,9 @@ async def test_accepted_request_whose_event_was_never_published_is_recovered(sys
     event = events.RequestSubmitted(
         task_id=uuid.uuid4(), rid="orphan", items=[events.Item(number=5, job="mul")]
     )
-    await store.accept_request(system.engine, event, False, event.model_dump_json().encode())
+    submitted = store.Submitted(event, False, event.model_dump_json().encode())
+    [accepted] = await store.accept_requests(system.engine, [submitted])
+    assert isinstance(accepted, store.Accepted) and accepted.created
     processor = system.processors[0].processor
     assert await processor.republish_lost(older_than_seconds=0) == 1
     await system.start_scheduler()
@@ -171,3 +173,54 @@ async def test_a_stuck_batch_makes_the_processor_not_ready(
         assert (await system.request_state("stuck"))["recorded"] is True
     finally:
         await blocker.close()
+
+
+def _submitted(rid: str, numbers: list[int]) -> store.Submitted:
+    event = events.RequestSubmitted(
+        task_id=uuid.uuid4(), rid=rid, items=[events.Item(number=n, job="mul") for n in numbers]
+    )
+    return store.Submitted(event, False, event.model_dump_json().encode())
+
+
+async def test_one_intake_statement_sorts_new_repeated_and_conflicting_rids(system: System) -> None:
+    """Group commit: a batch holding a rid twice (same items), a clash (other items) and an earlier rid
+    answers each as if it had been written alone."""
+    [earlier] = await store.accept_requests(system.engine, [_submitted("earlier", [1])])
+    assert isinstance(earlier, store.Accepted)
+    batch = [
+        _submitted("a", [1, 2]),
+        _submitted("a", [1, 2]),
+        _submitted("a", [9]),
+        _submitted("b", [3]),
+        _submitted("earlier", [1]),
+        _submitted("earlier", [2]),
+    ]
+    a, a_again, a_clash, b, earlier_again, earlier_clash = await store.accept_requests(system.engine, batch)
+    assert isinstance(a, store.Accepted) and a.created and a.task_id == batch[0].event.task_id
+    assert isinstance(a_again, store.Accepted) and not a_again.created and a_again.task_id == a.task_id
+    assert a_again.payload == batch[0].payload  # the first one's event, to publish again
+    assert isinstance(a_clash, store.RidConflict)
+    assert isinstance(b, store.Accepted) and b.created
+    assert isinstance(earlier_again, store.Accepted) and earlier_again.task_id == earlier.task_id
+    assert not earlier_again.created
+    assert isinstance(earlier_clash, store.RidConflict)
+    assert await system.fetchval("SELECT count(*) FROM requests") == 3
+    assert await system.fetchval("SELECT count(*) FROM tasks WHERE kind = 'request'") == 3
+
+
+async def test_concurrent_submissions_share_intake_statements(system: System) -> None:
+    """Many clients at once: fewer statements than requests, and each client gets its own answer."""
+    before_sum = REGISTRY.get_sample_value("squall_intake_batch_requests_sum") or 0.0
+    before_count = REGISTRY.get_sample_value("squall_intake_batch_requests_count") or 0.0
+    bodies = [{"rid": f"r{n}", "items": [{"number": n, "job": "mul"}]} for n in range(40)]
+    bodies += [{"rid": "twice", "items": [{"number": 5, "job": "mul"}]}] * 4
+    responses = await asyncio.gather(*(system.client.post("/v1/requests", json=b) for b in bodies))
+    codes = Counter(r.status_code for r in responses)
+    assert codes == {202: 41, 200: 3}, codes
+    assert len({r.json()["task_id"] for r in responses[40:]}) == 1
+    statements = (REGISTRY.get_sample_value("squall_intake_batch_requests_count") or 0.0) - before_count
+    assert (REGISTRY.get_sample_value("squall_intake_batch_requests_sum") or 0.0) - before_sum == 44
+    assert statements < 44
+    await system.start_scheduler()
+    for n in range(40):
+        assert (await system.wait_processed(f"r{n}"))["items"][0]["result"] == 2 * n

@@ -37,6 +37,11 @@ EVENTS_PUBLISHED = Counter(
 PUBLISH_DURATION = Histogram(
     "squall_publish_duration_seconds", "Time for JetStream to ack a publish.", buckets=_FAST_BUCKETS
 )
+INTAKE_BATCH = Histogram(
+    "squall_intake_batch_requests",
+    "Submissions the gateway accepted per database statement (concurrent ones share one: group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 
 TASKS = Counter("squall_tasks_total", "Tasks finished by processors.", ["kind", "processing", "outcome"])
 TASK_DURATION = Histogram(

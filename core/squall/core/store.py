@@ -64,15 +64,24 @@ class RidConflict(Exception):
     """The rid was submitted before with other items."""
 
 
-_ACCEPT = text(
+@dataclass(frozen=True)
+class Submitted:
+    event: RequestSubmitted
+    rid_is_int: bool
+    payload: bytes  # the event, as published
+
+
+_ACCEPT_MANY = text(
     """
     WITH r AS (
         INSERT INTO requests (rid, rid_is_int, task_id, items_hash, item_count, payload)
-        VALUES (:rid, :rid_is_int, :task_id, :items_hash, :item_count, :payload)
+        SELECT * FROM unnest(CAST(:rid AS text[]), CAST(:rid_is_int AS bool[]),
+                             CAST(:task_id AS uuid[]), CAST(:items_hash AS bytea[]),
+                             CAST(:item_count AS int[]), CAST(:payload AS bytea[]))
         ON CONFLICT (rid) DO NOTHING
-        RETURNING task_id
+        RETURNING task_id, rid
     ), t AS (
-        INSERT INTO tasks (id, kind, rid) SELECT task_id, 'request', :rid FROM r
+        INSERT INTO tasks (id, kind, rid) SELECT task_id, 'request', rid FROM r
     )
     SELECT task_id FROM r
     """
@@ -82,33 +91,54 @@ _EXISTING = text(
 )
 
 
-async def accept_request(
-    engine: AsyncEngine, event: RequestSubmitted, rid_is_int: bool, payload: bytes
-) -> Accepted:
-    """Record that the gateway accepted a request (before publishing it), or find the earlier one."""
-    digest = items_hash(event.items)
-    params = {
-        "rid": event.rid,
-        "rid_is_int": rid_is_int,
-        "task_id": event.task_id,
-        "items_hash": digest,
-        "item_count": len(event.items),
-        "payload": payload,
-    }
+async def accept_requests(engine: AsyncEngine, batch: Sequence[Submitted]) -> list[Accepted | Exception]:
+    """Record that the gateway accepted requests (before publishing them), in one statement for the whole
+    batch (group commit); a request whose rid exists is answered by the earlier submission, or RidConflict.
+    Each answer is in the order of ``batch``."""
+    digests = [items_hash(s.event.items) for s in batch]
     async with statements(engine) as conn:
-        # One statement inserts both rows or neither. If the rid exists, read it; should it vanish in
-        # between (a withdrawn acceptance), insert again.
-        for _ in range(3):
-            if (await conn.execute(_ACCEPT, params)).first() is not None:
-                return Accepted(event.task_id, created=True, recorded=False, payload=payload)
-            existing = (await conn.execute(_EXISTING, {"rid": event.rid})).first()
-            if existing is not None:
-                break
-        else:
-            raise RuntimeError(f"rid {event.rid!r} keeps appearing and vanishing")
-    if existing.items_hash != digest:
-        raise RidConflict(event.rid)
-    return Accepted(existing.task_id, created=False, recorded=existing.recorded, payload=existing.payload)
+        # One statement inserts each request's two rows or neither.
+        created = {row.task_id for row in await conn.execute(_ACCEPT_MANY, _accept_params(batch, digests))}
+        answers: list[Accepted | Exception] = []
+        for submitted, digest in zip(batch, digests, strict=True):
+            event = submitted.event
+            if event.task_id in created:
+                answers.append(
+                    Accepted(event.task_id, created=True, recorded=False, payload=submitted.payload)
+                )
+            else:  # the rid exists (or came twice in this batch): seldom, so one by one
+                answers.append(await _accept_existing(conn, submitted, digest))
+    return answers
+
+
+async def _accept_existing(
+    conn: AsyncConnection, submitted: Submitted, digest: bytes
+) -> Accepted | Exception:
+    """The earlier submission of this rid; should it vanish in between (a withdrawn acceptance), accept this
+    one after all."""
+    event = submitted.event
+    for _ in range(3):
+        existing = (await conn.execute(_EXISTING, {"rid": event.rid})).first()
+        if existing is not None:
+            if existing.items_hash != digest:
+                return RidConflict(event.rid)
+            return Accepted(
+                existing.task_id, created=False, recorded=existing.recorded, payload=existing.payload
+            )
+        if (await conn.execute(_ACCEPT_MANY, _accept_params([submitted], [digest]))).first() is not None:
+            return Accepted(event.task_id, created=True, recorded=False, payload=submitted.payload)
+    return RuntimeError(f"rid {event.rid!r} keeps appearing and vanishing")
+
+
+def _accept_params(batch: Sequence[Submitted], digests: Sequence[bytes]) -> dict[str, list[Any]]:
+    return {
+        "rid": [s.event.rid for s in batch],
+        "rid_is_int": [s.rid_is_int for s in batch],
+        "task_id": [s.event.task_id for s in batch],
+        "items_hash": list(digests),
+        "item_count": [len(s.event.items) for s in batch],
+        "payload": [s.payload for s in batch],
+    }
 
 
 async def withdraw_request(engine: AsyncEngine, task_id: uuid.UUID) -> None:

@@ -1,7 +1,8 @@
 """The gateway: Squall's HTTP API (Tornado). Validates input, publishes events, reads state.
 
-Intake of a request: validate → record the acceptance in PostgreSQL (unique rid: this decides new,
-identical re-submission or conflict) → publish the event to JetStream (message id from the rid) → answer.
+Intake of a request: validate → record the acceptance in PostgreSQL, in one statement with the concurrent
+ones (unique rid: this decides new, identical re-submission or conflict) → publish the event to JetStream
+(message id from the rid) → answer.
 If the publish fails the acceptance is withdrawn and the client gets 503 with Retry-After; if the gateway
 dies between the two, processors re-publish the stored event (see the processor's sweep).
 """
@@ -13,7 +14,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from squall.core import events, metrics, otel, store, tracing
 from squall.core.auth import Authenticator
+from squall.core.batching import Coalescer
 from squall.core.http import ApiError, NotFoundHandler, json_bytes, ops_routes
 from squall.core.lifecycle import open_resources
 from squall.core.processings import Registry
@@ -39,6 +41,9 @@ from squall.gateway.openapi import openapi_spec
 log = logging.getLogger("squall.gateway")
 
 RETRY_AFTER_SECONDS = "2"
+# Acceptances written per statement at most, and statements in flight at once (each holds a connection).
+INTAKE_BATCH = 500
+INTAKE_WRITERS = 2
 
 
 class GatewayApp(tornado.web.Application):
@@ -52,6 +57,10 @@ class GatewayApp(tornado.web.Application):
         self.js = nc.jetstream()
         self.accepting = True
         self.authenticator = Authenticator(settings.auth, engine)
+        # Concurrent submissions are accepted together: one INSERT (one round trip, one commit) per batch.
+        self.intake: Coalescer[store.Submitted, store.Accepted] = Coalescer(
+            self._accept_many, max_batch=INTAKE_BATCH, concurrency=INTAKE_WRITERS
+        )
         super().__init__(
             [
                 (r"/v1/requests", SubmitHandler),
@@ -69,6 +78,10 @@ class GatewayApp(tornado.web.Application):
             log_function=record_request,
             compress_response=False,
         )
+
+    async def _accept_many(self, batch: Sequence[store.Submitted]) -> list[store.Accepted | Exception]:
+        metrics.INTAKE_BATCH.observe(len(batch))
+        return await store.accept_requests(self.engine, batch)
 
     async def problems(self) -> list[str]:
         found = await dependency_problems(self.nc, self.engine)
@@ -162,7 +175,7 @@ async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
         metrics.EVENTS_PUBLISHED.labels(events.REQUEST_SUBMITTED, "unavailable").inc()
         raise _unavailable("the message broker is unreachable")
     try:
-        accepted = await store.accept_request(app.engine, event, sub.rid_is_int, payload)
+        accepted = await app.intake.submit(store.Submitted(event, sub.rid_is_int, payload))
     except store.RidConflict:
         raise ApiError(409, "rid_conflict", "this rid was submitted before with other items", "rid") from None
     if otel.tracer is not None:
