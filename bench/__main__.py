@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=_duration, default=("20s", 20.0), help="k6 duration (default 20s)")
     parser.add_argument("--vus", type=_positive_int, default=32, help="k6 virtual users (default 32)")
     parser.add_argument(
-        "--processors", type=_positive_int, default=2, help="squall dev --processors (default 2)"
+        "--processors", type=_positive_int, default=1, help="squall dev --processors (default 1)"
     )
+    parser.add_argument("--gateways", type=_positive_int, default=2, help="squall dev --gateways (default 2)")
     parser.add_argument(
         "--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="results folder (default bench/results)"
     )
@@ -180,11 +181,17 @@ async def run_scenario(
         "vus": args.vus,
         "duration": duration_text,
         "processors": args.processors,
+        "gateways": args.gateways,
     }
     data_dir = Path(tempfile.mkdtemp(prefix=f"squall-bench-{scenario.slug}-"))
     logs = args.out_dir / "logs"
     dev = SquallDev(
-        procs.free_port(), args.processors, data_dir, env, logs / f"bench-{stamp}-{scenario.slug}.log"
+        procs.free_port(),
+        args.processors,
+        data_dir,
+        env,
+        logs / f"bench-{stamp}-{scenario.slug}.log",
+        gateways=args.gateways,
     )
     result["logs"] = {"squall_dev": str(dev.log_path), "k6": str(dev.log_path.with_suffix(".k6.log"))}
     _LIVE.add(dev)
@@ -304,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration": args.duration[0],
             "vus": args.vus,
             "processors": args.processors,
+            "gateways": args.gateways,
             "batch_interval_seconds": args.batch_interval,
             "drain_timeout_seconds": args.drain_timeout,
         },

@@ -57,10 +57,17 @@ class SquallDev:
     """A ``squall dev`` process tree on loopback, with its own data folder and log file."""
 
     def __init__(
-        self, port: int, processors: int, data_dir: Path, env: dict[str, str], log_path: Path
+        self,
+        port: int,
+        processors: int,
+        data_dir: Path,
+        env: dict[str, str],
+        log_path: Path,
+        gateways: int = 1,
     ) -> None:
         self.port = port
         self.processors = processors
+        self.gateways = gateways
         self.data_dir = data_dir
         self.state_file = data_dir / "dev.json"
         self.env = child_env(env)
@@ -88,6 +95,8 @@ class SquallDev:
             str(self.port),
             "--processors",
             str(self.processors),
+            "--gateways",
+            str(self.gateways),
             "--data-dir",
             str(self.data_dir),
         ]
@@ -131,7 +140,13 @@ class SquallDev:
         assert self.popen is not None
         started = time.monotonic()
         deadline = started + timeout
-        expected = {"nats": 1, "postgres": 1, "gateway": 1, "processor": self.processors, "scheduler": 1}
+        expected = {
+            "nats": 1,
+            "postgres": 1,
+            "gateway": self.gateways,
+            "processor": self.processors,
+            "scheduler": 1,
+        }
         while True:
             if self.popen.poll() is not None:
                 raise DevError(

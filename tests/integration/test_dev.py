@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,7 +45,7 @@ def _alive(pid: int) -> bool:
 class Dev:
     """A ``squall dev`` process, its state file and its gateway URL."""
 
-    def __init__(self, tmp_path: Path, data_dir: Path, name: str = "dev") -> None:
+    def __init__(self, tmp_path: Path, data_dir: Path, name: str = "dev", gateways: int = 1) -> None:
         self.port = free_port()
         self.state = tmp_path / f"{name}-state.json"
         self.url = f"http://127.0.0.1:{self.port}"
@@ -59,6 +60,8 @@ class Dev:
                 str(self.port),
                 "--processors",
                 "1",
+                "--gateways",
+                str(gateways),
                 "--data-dir",
                 str(data_dir),
                 "--state-file",
@@ -69,7 +72,7 @@ class Dev:
             stderr=subprocess.STDOUT,
         )
         _wait(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, 90, "squall dev ready")
-        _wait(lambda: len(_processes(self.state)) == 5, 30, "full process table")
+        _wait(lambda: len(_processes(self.state)) == 4 + gateways, 30, "full process table")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -204,3 +207,44 @@ def test_killed_supervisor_leaves_no_orphans_and_restarts(tmp_path: Path) -> Non
 
 def _processes_or_empty(state: Path) -> list[dict[str, Any]]:
     return _processes(state) if state.exists() else []
+
+
+def _listening_pids(port: int, pids: list[int]) -> set[int]:
+    """Which of ``pids`` hold a listening TCP socket on ``port`` (read from /proc: Linux only)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    holders = set()
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    holders.add(pid)
+    return holders
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreading is Linux's")
+def test_several_gateways_share_one_port(tmp_path: Path) -> None:
+    """`squall dev --gateways 2`: both listen on the port; when one dies the other keeps answering."""
+    dev = Dev(tmp_path, tmp_path / "data", gateways=2)
+    try:
+        gateways = [p for p in _processes(dev.state) if p["service"] == "gateway"]
+        assert sorted(p["name"] for p in gateways) == ["gateway-1", "gateway-2"]
+        pids = [p["pid"] for p in gateways]
+        assert _listening_pids(dev.port, pids) == set(pids)
+        for n in range(20):  # a new connection each: the kernel spreads them over both
+            body = {"rid": f"g{n}", "items": [{"number": n, "job": "square"}]}
+            assert httpx.post(f"{dev.url}/v1/requests", json=body).status_code == 202
+        os.kill(pids[0], signal.SIGKILL)
+        for n in range(20, 40):
+            body = {"rid": f"g{n}", "items": [{"number": n, "job": "square"}]}
+            assert httpx.post(f"{dev.url}/v1/requests", json=body).status_code == 202
+        state = _wait(lambda: httpx.get(f"{dev.url}/v1/requests/g39").json()["processed"], 30, "processed")
+        assert state
+    finally:
+        dev.stop()

@@ -71,6 +71,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         DevOptions(
             port=args.port,
             processors=args.processors,
+            gateways=args.gateways,
             schedulers=args.schedulers,
             data_dir=Path(args.data_dir),
             state_file=Path(args.state_file) if args.state_file else None,
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8888, help="gateway port (default 8888)")
     dev.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
     dev.add_argument("--processors", type=int, default=2, help="processor processes (default 2)")
+    dev.add_argument("--gateways", type=int, default=1, help="gateway processes sharing the port (default 1)")
     dev.add_argument("--schedulers", type=int, default=1, help="scheduler processes (default 1)")
     dev.add_argument("--data-dir", default=".squall", help="embedded servers' data (default .squall)")
     dev.add_argument("--state-file", default=None, help="process table JSON (default DATA_DIR/dev.json)")

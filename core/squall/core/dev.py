@@ -47,6 +47,7 @@ class Child:
 class DevOptions:
     port: int = 8888
     processors: int = 2
+    gateways: int = 1
     schedulers: int = 1
     data_dir: Path = Path(".squall")
     state_file: Path | None = None
@@ -96,20 +97,25 @@ class Supervisor:
             "SQUALL_AUTH__REQUIRED": os.environ.get("SQUALL_AUTH__REQUIRED", "false"),
         }
         role = [sys.executable, "-m", "squall.core.cli"]
-        self.children.append(
-            Child(
-                "gateway",
-                "gateway",
-                [*role, "gateway"],
-                {
-                    **common,
-                    "SQUALL_GATEWAY__PORT": str(self.options.port),
-                    "SQUALL_GATEWAY__HOST": self.options.host,
-                    "SQUALL_INSTANCE_ID": "gateway",
-                },
-                self.options.port,
+        gateways = self.options.gateways
+        for index in range(1, gateways + 1):
+            name = "gateway" if gateways == 1 else f"gateway-{index}"
+            self.children.append(
+                Child(
+                    "gateway",
+                    name,
+                    [*role, "gateway"],
+                    {
+                        **common,
+                        "SQUALL_GATEWAY__PORT": str(self.options.port),
+                        "SQUALL_GATEWAY__HOST": self.options.host,
+                        # Several gateways share the port: the kernel spreads connections over them.
+                        "SQUALL_GATEWAY__REUSE_PORT": "true" if gateways > 1 else "false",
+                        "SQUALL_INSTANCE_ID": name,
+                    },
+                    self.options.port,
+                )
             )
-        )
         for index in range(1, self.options.processors + 1):
             port = free_port()
             self.children.append(

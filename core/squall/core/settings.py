@@ -38,6 +38,11 @@ class GatewaySettings(BaseModel):
         "sets them): it decides per-address rate limits and legacy trusted networks.",
     )
     port: int = Field(8888, ge=0, le=65535, description="Port of the HTTP API (also /metrics, /healthz).")
+    reuse_port: bool = Field(
+        False,
+        description="Let several gateway processes listen on one port (SO_REUSEPORT; Linux spreads the "
+        "connections over them): one Python process uses one core. `squall dev --gateways N` sets it.",
+    )
     max_items: int = Field(10_000, ge=1, le=1_000_000, description="Most items one request may carry (413).")
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Largest request body accepted (413)."

@@ -396,7 +396,7 @@ async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -
     res = await open_resources(settings, "gateway", stack)
     app = GatewayApp(settings, res.registry, res.engine, res.nc)
     server = make_server(app)
-    server.listen(settings.gateway.port, settings.gateway.host)
+    server.listen(settings.gateway.port, settings.gateway.host, reuse_port=settings.gateway.reuse_port)
     log.info("gateway listening on http://%s:%d", settings.gateway.host, settings.gateway.port)
     await stop.wait()
     # Stop intake: report not ready while still serving (load balancers take us out), close the
