@@ -11,7 +11,7 @@ import json
 import uuid
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -368,16 +368,37 @@ async def fold_stat_deltas(engine: AsyncEngine) -> int | None:
 # --- recording requests (processor) -----------------------------------------------------------------------
 
 
+Outcome = tuple[str, str | None, str | None, float | None]
+"""An item's (state: pending, done or failed; result as JSON text; error; seconds before it may be retried:
+an immediate item that failed retryably waits this long, its first attempt made)."""
+
+
 @dataclass
-class NewItem:
-    request_task_id: uuid.UUID
-    position: int
-    number: int
-    job: str
-    state: str  # pending (batch mode, or an immediate retry) or done / failed (immediate, computed)
-    result: str | None  # JSON text
-    error: str | None
-    retry_in: float | None = None  # an immediate item that failed retryably waits this long (attempt 1 made)
+class NewItems:
+    """Items to insert, column by column: a batch holds thousands, so no object per item."""
+
+    request_task_id: list[uuid.UUID] = field(default_factory=list)
+    position: list[int] = field(default_factory=list)
+    number: list[int] = field(default_factory=list)
+    job: list[str] = field(default_factory=list)
+    state: list[str] = field(default_factory=list)
+    result: list[str | None] = field(default_factory=list)
+    error: list[str | None] = field(default_factory=list)
+    retry_in: list[float | None] = field(default_factory=list)
+
+    def add(self, request_task_id: uuid.UUID, items: Sequence[Item], outcomes: Sequence[Outcome]) -> None:
+        """A request's items with their outcomes, in order."""
+        count = len(items)
+        self.request_task_id.extend([request_task_id] * count)
+        self.position.extend(range(count))
+        self.number.extend([item.number for item in items])
+        self.job.extend([item.job for item in items])
+        if count:
+            states, results, errors, delays = zip(*outcomes, strict=True)
+            self.state.extend(states)
+            self.result.extend(results)
+            self.error.extend(errors)
+            self.retry_in.extend(delays)
 
 
 @dataclass(frozen=True)
@@ -432,17 +453,14 @@ _RECORD_REQUESTS = text(
 
 
 async def record_requests(
-    engine: AsyncEngine,
-    task_ids: Sequence[uuid.UUID],
-    new_items: Sequence[NewItem],
-    dead: dict[uuid.UUID, str],
+    engine: AsyncEngine, task_ids: Sequence[uuid.UUID], items: NewItems, dead: dict[uuid.UUID, str]
 ) -> list[RecordedRequest]:
     """Record requests, each once, in one statement (atomic by itself, one round trip): mark them recorded,
     insert their items, finish their request tasks (succeeded, or dead with the error in ``dead``), and
-    mark processed the ones none of whose items is pending. ``task_ids`` are distinct; ``new_items`` holds
+    mark processed the ones none of whose items is pending. ``task_ids`` are distinct; ``items`` holds
     all their items. Answers the requests recorded now (the others were recorded before: redeliveries)."""
     ids = list(task_ids)
-    pending = {item.request_task_id for item in new_items if item.state == "pending"}
+    pending = {t for t, state in zip(items.request_task_id, items.state, strict=True) if state == "pending"}
     async with statements(engine) as conn:
         rows = await conn.execute(
             _RECORD_REQUESTS,
@@ -450,14 +468,14 @@ async def record_requests(
                 "ids": ids,
                 "complete": [i not in pending for i in ids],
                 "errors": [dead.get(i) for i in ids],
-                "t": [i.request_task_id for i in new_items],
-                "p": [i.position for i in new_items],
-                "n": [i.number for i in new_items],
-                "j": [i.job for i in new_items],
-                "s": [i.state for i in new_items],
-                "r": [i.result for i in new_items],
-                "e": [i.error for i in new_items],
-                "d": [i.retry_in for i in new_items],
+                "t": items.request_task_id,
+                "p": items.position,
+                "n": items.number,
+                "j": items.job,
+                "s": items.state,
+                "r": items.result,
+                "e": items.error,
+                "d": items.retry_in,
             },
         )
         return [RecordedRequest(r.task_id, r.complete, float(r.seconds)) for r in rows]

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
@@ -190,20 +190,17 @@ class Processor:
     ) -> tuple[set[uuid.UUID], dict[uuid.UUID, float]]:
         """Record a batch of request events (each once), ack them; the tasks recorded now and the ones
         completed at recording. ``traces``: the exported spans' contexts, one per event, when export is on."""
-        computed, dead = await self._compute_immediate([e for _, e in submitted])
         distinct: dict[uuid.UUID, events.RequestSubmitted] = {}  # an event twice in this batch: once
         for _, event in submitted:
             distinct.setdefault(event.task_id, event)
-        candidates: list[store.NewItem] = []
+        computed, dead = await self._compute_immediate(list(distinct.values()))
+        items = store.NewItems()
         for event in distinct.values():
-            for position, item in enumerate(event.items):
-                outcome = computed.get((event.task_id, position), PENDING)
-                candidates.append(store.NewItem(event.task_id, position, item.number, item.job, *outcome))
-        recorded = await store.record_requests(self.engine, list(distinct), candidates, dead)
+            items.add(event.task_id, event.items, computed[event.task_id])
+        recorded = await store.record_requests(self.engine, list(distinct), items, dead)
         # The requests recorded before (redeliveries, re-publishes) were left alone.
         fresh = {r.task_id for r in recorded}
         finished = {r.task_id: r.seconds for r in recorded if r.processed}
-        new_items = [item for item in candidates if item.request_task_id in fresh]
         for msg, _ in submitted:
             await msg.ack()
         elapsed = time.perf_counter() - started
@@ -232,33 +229,38 @@ class Processor:
         if dead_now:
             metrics.TASKS.labels("request", "", "dead").inc(dead_now)
         metrics.TASK_DURATION.labels("request", "").observe(elapsed)
-        for new in new_items:
-            if new.state != "pending":
-                metrics.ITEMS_PROCESSED.labels(new.job, new.state).inc()
-        log.debug(
-            "recorded %d request(s), %d item(s)", len(fresh), len(new_items), extra={"count": len(fresh)}
+        # Counted per (processing, state), not per item: a batch holds thousands.
+        outcomes = Counter(
+            (job, state)
+            for task_id, job, state in zip(items.request_task_id, items.job, items.state, strict=True)
+            if state != "pending" and task_id in fresh
         )
+        for (job, state), count in outcomes.items():
+            metrics.ITEMS_PROCESSED.labels(job, state).inc(count)
+        log.debug("recorded %d request(s)", len(fresh), extra={"count": len(fresh)})
         return fresh, finished
 
     async def _compute_immediate(
-        self, submitted: list[events.RequestSubmitted]
-    ) -> tuple[dict[tuple[uuid.UUID, int], Outcome], dict[uuid.UUID, str]]:
-        """Results of the items whose processing is immediate (or unknown), keyed by (task, position); and
-        the request tasks that are dead, with the error: an item failed for good by a batch error (no
-        attempt left, a permanent error) or an unknown processing. ``ItemFailed`` is an answer, not a
-        task failure."""
+        self, distinct: list[events.RequestSubmitted]
+    ) -> tuple[dict[uuid.UUID, list[Outcome]], dict[uuid.UUID, str]]:
+        """Each request's item outcomes, in item order: computed for immediate processings, failed for
+        unknown ones, pending (for poll tasks) for batch ones; and the request tasks that are dead, with the
+        error: an item failed for good by a batch error (no attempt left, a permanent error) or an unknown
+        processing. ``ItemFailed`` is an answer, not a task failure."""
         dead: dict[uuid.UUID, str] = {}
-        by_job: dict[str, list[tuple[uuid.UUID, int, int]]] = defaultdict(list)
-        computed: dict[tuple[uuid.UUID, int], Outcome] = {}
-        for event in submitted:
+        # Per immediate processing, its items: (request, the request's outcomes, position, number).
+        by_job: dict[str, list[tuple[uuid.UUID, list[Outcome], int, int]]] = defaultdict(list)
+        computed: dict[uuid.UUID, list[Outcome]] = {}
+        for event in distinct:
+            row = computed[event.task_id] = [PENDING] * len(event.items)
             for position, item in enumerate(event.items):
                 proc = self.registry.get(item.job)
                 if proc is None:
                     error = f"unknown processing {item.job!r}"
-                    computed[(event.task_id, position)] = ("failed", None, error, None)
+                    row[position] = ("failed", None, error, None)
                     dead.setdefault(event.task_id, error)
                 elif proc.mode == "immediate":
-                    by_job[item.job].append((event.task_id, position, item.number))
+                    by_job[item.job].append((event.task_id, row, position, item.number))
         for job, entries in by_job.items():
             proc = self.registry[job]
             for start in range(0, len(entries), proc.batch_size):
@@ -266,10 +268,10 @@ class Processor:
                 # The first attempt; a retryable failure leaves the items pending for the processing's
                 # schedule, which claims them after the backoff like a batch processing's.
                 outcomes, batch_error = await run_batch(
-                    proc, [n for _, _, n in chunk], attempts=[1] * len(chunk)
+                    proc, [n for _, _, _, n in chunk], attempts=[1] * len(chunk)
                 )
-                for (task_id, position, _), outcome in zip(chunk, outcomes, strict=True):
-                    computed[(task_id, position)] = outcome
+                for (task_id, row, position, _), outcome in zip(chunk, outcomes, strict=True):
+                    row[position] = outcome
                     if batch_error is not None and outcome[0] == "failed":
                         dead.setdefault(task_id, batch_error)
         return computed, dead
@@ -448,8 +450,7 @@ class Processor:
         return []
 
 
-Outcome = tuple[str, str | None, str | None, float | None]
-"""An item's (state, result as JSON text, error, seconds before it may be retried)."""
+Outcome = store.Outcome
 PENDING: Outcome = ("pending", None, None, None)  # a batch processing's item, left to its poll tasks
 
 
