@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import uuid
 import weakref
 from collections.abc import Iterable, Sequence
@@ -930,19 +931,46 @@ async def record_poll_tasks(conn: AsyncConnection, tasks: Sequence[tuple[uuid.UU
     )
 
 
-async def claimable_count(conn: AsyncConnection, processing: str) -> int:
-    return int(
-        (
-            await conn.execute(
-                text(
-                    "SELECT count(*) FROM items WHERE job = :job AND ((state = 'pending' "
-                    "AND (not_before IS NULL OR not_before <= now())) "
-                    "OR (state = 'running' AND lease_until < now()))"
-                ),
-                {"job": processing},
-            )
-        ).scalar_one()
+_CLAIMABLE = (
+    "(state = 'pending' AND (not_before IS NULL OR not_before <= now())) "
+    "OR (state = 'running' AND lease_until < now())"
+)
+_POLL_NEED = text(
+    f"""
+    WITH queued AS (
+        SELECT count(*) AS n FROM tasks
+        WHERE state = 'queued' AND kind = 'poll' AND processing = :job
+          AND created_at > now() - make_interval(secs => :fresh)
     )
+    SELECT (SELECT n FROM queued) AS queued,
+           (SELECT count(*) FROM (
+                SELECT 1 FROM items WHERE job = :job AND ({_CLAIMABLE})
+                LIMIT ((SELECT n FROM queued) + :max_batches) * :batch_size
+           ) AS c) AS claimable
+    """
+)
+# A poll task queued longer than this is not counted as on its way: it may be lost or stuck (no processor
+# for its processing), and the backlog must not wait for it.
+QUEUED_POLL_TASK_FRESH_SECONDS = 60.0
+
+
+async def poll_tasks_needed(conn: AsyncConnection, processing: str, batch_size: int, max_batches: int) -> int:
+    """How many poll tasks a tick should emit: one per batch of claimable items, less the poll tasks
+    already queued for them (each will claim a batch), at most ``max_batches``. So the scheduler follows
+    the backlog without piling up poll tasks a busy processor would run empty; and the count stops at
+    what can matter, so a deep backlog costs a tick no more than a shallow one."""
+    row = (
+        await conn.execute(
+            _POLL_NEED,
+            {
+                "job": processing,
+                "fresh": QUEUED_POLL_TASK_FRESH_SECONDS,
+                "max_batches": max_batches,
+                "batch_size": batch_size,
+            },
+        )
+    ).one()
+    return max(0, min(max_batches, math.ceil(row.claimable / batch_size) - row.queued))
 
 
 # --- operator API: schedules ---------------------------------------------------------------------------
@@ -1065,11 +1093,7 @@ async def processing_settings(engine: AsyncEngine) -> dict[str, tuple[bool, list
 async def claimable_counts(engine: AsyncEngine) -> dict[str, int]:
     async with statements(engine) as conn:
         rows = await conn.execute(
-            text(
-                "SELECT job, count(*) AS n FROM items WHERE (state = 'pending' "
-                "AND (not_before IS NULL OR not_before <= now())) "
-                "OR (state = 'running' AND lease_until < now()) GROUP BY job"
-            )
+            text(f"SELECT job, count(*) AS n FROM items WHERE {_CLAIMABLE} GROUP BY job")
         )
         return {r.job: int(r.n) for r in rows}
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import math
 import socket
 import time
 from contextlib import AsyncExitStack
@@ -196,10 +195,11 @@ class Scheduler:
                 if held:
                     ticks.append((due, "held", 0, held))
                     continue
-                pending = await store.claimable_count(conn, row.processing)
-                batches = min(row.max_batches_per_tick, math.ceil(pending / row.batch_size))
+                batches = await store.poll_tasks_needed(
+                    conn, row.processing, row.batch_size, row.max_batches_per_tick
+                )
                 if not batches:
-                    ticks.append((due, "skipped", 0, "nothing pending"))
+                    ticks.append((due, "skipped", 0, "nothing pending beyond the poll tasks queued"))
                     continue
                 key = schedules.tick_key(name, due)
                 tasks_of[due] = [
