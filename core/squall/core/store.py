@@ -551,6 +551,23 @@ class ClaimedItem:
     attempts: int
 
 
+_QUEUE_PLANS = text(
+    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true), "
+    "set_config('enable_sort', 'off', true)"
+)
+
+
+async def plan_as_a_queue(conn: AsyncConnection) -> None:
+    """For the rest of this transaction, plan on the queue's indexes (oldest claimable items in index order,
+    items and requests by primary key) whatever the table statistics say.
+
+    A table that grew from nothing in the last minute still has the statistics of an empty one until
+    autovacuum analyzes it; the planner then reads every pending item and sorts them to claim a batch,
+    and finds items by a sequential scan: measured 120 ms instead of 27 ms per 1,000 items claimed and
+    written with 200,000 pending. Every statement of a poll task has an index made for it."""
+    await conn.execute(_QUEUE_PLANS)
+
+
 async def start_poll_task(
     conn: AsyncConnection, task_id: uuid.UUID, processing: str, batch_size: int
 ) -> bool:

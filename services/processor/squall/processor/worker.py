@@ -310,6 +310,7 @@ class Processor:
         ctx = {"task_id": str(task.task_id), "processing": task.processing}
         proc = self.registry.get(task.processing)
         async with self.engine.begin() as conn:
+            await store.plan_as_a_queue(conn)
             if not await store.start_poll_task(conn, task.task_id, task.processing, task.batch_size):
                 log.info("poll task already finished; skipping the redelivery", extra=ctx)
                 return
@@ -337,6 +338,7 @@ class Processor:
                 proc, [c.number for c in claimed], attempts=[c.attempts for c in claimed]
             )
         async with self.engine.begin() as conn:
+            await store.plan_as_a_queue(conn)
             touched: set[uuid.UUID] = set()
             if claimed:
                 touched = await store.write_results(
