@@ -11,7 +11,7 @@ from squall.core.settings import Settings
 from tests.integration.harness import System, make_settings, wait_for
 
 EXPECTED = {"sum": lambda n: n + 2, "mul": lambda n: n * 2, "square": lambda n: n * n}
-NUMBERS = [4, 9, -3, 0, 2**40]
+NUMBERS = [4, 9, -3, 0, 2**40, 2**63 - 1, -(2**63)]  # results beyond 64 bits too
 
 
 def _items() -> list[dict[str, object]]:

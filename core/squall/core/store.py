@@ -387,6 +387,21 @@ class NewItems:
     error: list[str | None] = field(default_factory=list)
     retry_in: list[float | None] = field(default_factory=list)
 
+    def as_json(self) -> str:
+        """The columns as one JSON document: the driver encodes one string instead of checking the type of
+        every element of eight arrays (which took half the processor's time recording 100-item requests)."""
+        columns = {
+            "t": self.request_task_id,
+            "p": self.position,
+            "n": self.number,
+            "j": self.job,
+            "s": self.state,
+            "r": [None if r is None else orjson.Fragment(r) for r in self.result],  # already JSON
+            "e": self.error,
+            "d": self.retry_in,
+        }
+        return orjson.dumps(columns).decode()
+
     def add(self, request_task_id: uuid.UUID, items: Sequence[Item], outcomes: Sequence[Outcome]) -> None:
         """A request's items with their outcomes, in order."""
         count = len(items)
@@ -419,14 +434,21 @@ _RECORD_REQUESTS = text(
         WHERE r.task_id = v.id AND r.recorded_at IS NULL
         RETURNING r.task_id, v.complete, v.error,
                   extract(epoch FROM clock_timestamp() - r.created_at) AS seconds
+    ), doc AS (
+        SELECT CAST(:items AS jsonb) AS d
     ), new AS (
-        SELECT v.* FROM unnest(CAST(:t AS uuid[]), CAST(:p AS int[]), CAST(:n AS bigint[]),
-                               CAST(:j AS text[]), CAST(:s AS text[]), CAST(:r AS text[]),
-                               CAST(:e AS text[]), CAST(:d AS float8[])) AS v(t, p, n, j, s, r, e, d)
-        JOIN claimed ON claimed.task_id = v.t
+        SELECT CAST(v.t AS uuid) AS t, CAST(v.p AS int) AS p, CAST(v.n AS bigint) AS n, v.j, v.s,
+               CASE WHEN v.s = 'done' THEN v.r END AS r, v.e, CAST(v.d AS float8) AS d
+        FROM doc, ROWS FROM (
+            jsonb_array_elements_text(doc.d -> 't'), jsonb_array_elements_text(doc.d -> 'p'),
+            jsonb_array_elements_text(doc.d -> 'n'), jsonb_array_elements_text(doc.d -> 'j'),
+            jsonb_array_elements_text(doc.d -> 's'), jsonb_array_elements(doc.d -> 'r'),
+            jsonb_array_elements_text(doc.d -> 'e'), jsonb_array_elements_text(doc.d -> 'd')
+        ) AS v(t, p, n, j, s, r, e, d)
+        JOIN claimed ON claimed.task_id = CAST(v.t AS uuid)
     ), inserted AS (
         INSERT INTO items (request_task_id, position, number, job, state, result, error, attempts, not_before)
-        SELECT t, p, n, j, s, CAST(r AS jsonb), e, CASE WHEN s = 'pending' AND e IS NULL THEN 0 ELSE 1 END,
+        SELECT t, p, n, j, s, r, e, CASE WHEN s = 'pending' AND e IS NULL THEN 0 ELSE 1 END,
                now() + make_interval(secs => d)
         FROM new
     ), finished AS (
@@ -469,14 +491,7 @@ async def record_requests(
                 "ids": ids,
                 "complete": [i not in pending for i in ids],
                 "errors": [dead.get(i) for i in ids],
-                "t": items.request_task_id,
-                "p": items.position,
-                "n": items.number,
-                "j": items.job,
-                "s": items.state,
-                "r": items.result,
-                "e": items.error,
-                "d": items.retry_in,
+                "items": items.as_json(),
             },
         )
         return [RecordedRequest(r.task_id, r.complete, float(r.seconds)) for r in rows]
