@@ -38,6 +38,11 @@ def result_json(value: Any) -> str:
         return json.dumps(value)
 
 
+def _embedded(results: Iterable[str | None]) -> list[orjson.Fragment | None]:
+    """Results that are JSON text already, to embed as they are in a JSON document."""
+    return [None if r is None else orjson.Fragment(r) for r in results]
+
+
 _AUTOCOMMIT: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
@@ -396,7 +401,7 @@ class NewItems:
             "n": self.number,
             "j": self.job,
             "s": self.state,
-            "r": [None if r is None else orjson.Fragment(r) for r in self.result],  # already JSON
+            "r": _embedded(self.result),
             "e": self.error,
             "d": self.retry_in,
         }
@@ -636,46 +641,54 @@ async def claim_items(
     return [ClaimedItem(r.request_task_id, r.position, r.number, r.attempts) for r in rows]
 
 
+_WRITE_RESULTS = text(
+    """
+    WITH doc AS (
+        SELECT CAST(:outcomes AS jsonb) AS d
+    ), v AS (
+        SELECT CAST(v.t AS uuid) AS t, CAST(v.p AS int) AS p, v.s, CASE WHEN v.s = 'done' THEN v.r END AS r,
+               v.e, CAST(v.d AS float8) AS d
+        FROM doc, ROWS FROM (
+            jsonb_array_elements_text(doc.d -> 't'), jsonb_array_elements_text(doc.d -> 'p'),
+            jsonb_array_elements_text(doc.d -> 's'), jsonb_array_elements(doc.d -> 'r'),
+            jsonb_array_elements_text(doc.d -> 'e'), jsonb_array_elements_text(doc.d -> 'd')
+        ) AS v(t, p, s, r, e, d)
+    ), written AS (
+        UPDATE items SET state = v.s, result = v.r, error = v.e, lease_until = NULL,
+                         not_before = now() + make_interval(secs => v.d), updated_at = now()
+        FROM v
+        WHERE items.request_task_id = v.t AND items.position = v.p
+          AND items.claim_task_id = :task AND items.state = 'running'
+        RETURNING items.request_task_id, items.job, items.state
+    ), counted AS (
+        INSERT INTO stat_deltas (counter, processing, n)
+        SELECT 'items_' || state, job, count(*) FROM written
+        WHERE state IN ('done', 'failed') GROUP BY state, job
+    )
+    SELECT request_task_id FROM written
+    """
+)
+
+
 async def write_results(
-    conn: AsyncConnection,
-    task_id: uuid.UUID,
-    claimed: Sequence[ClaimedItem],
-    states: Sequence[str],
-    results: Sequence[str | None],
-    errors: Sequence[str | None],
-    delays: Sequence[float | None],
+    conn: AsyncConnection, task_id: uuid.UUID, claimed: Sequence[ClaimedItem], outcomes: Sequence[Outcome]
 ) -> set[uuid.UUID]:
     """Write the outcome of claimed items, only where this task still owns them: one effect per item.
-    An item put back to pending waits its delay (seconds) before it may be claimed again."""
-    rows = await conn.execute(
-        text(
-            """
-            WITH written AS (
-                UPDATE items SET state = v.s, result = CAST(v.r AS jsonb), error = v.e, lease_until = NULL,
-                                 not_before = now() + make_interval(secs => v.d), updated_at = now()
-                FROM unnest(CAST(:t AS uuid[]), CAST(:p AS int[]), CAST(:s AS text[]), CAST(:r AS text[]),
-                            CAST(:e AS text[]), CAST(:d AS float8[])) AS v(t, p, s, r, e, d)
-                WHERE items.request_task_id = v.t AND items.position = v.p
-                  AND items.claim_task_id = :task AND items.state = 'running'
-                RETURNING items.request_task_id, items.job, items.state
-            ), counted AS (
-                INSERT INTO stat_deltas (counter, processing, n)
-                SELECT 'items_' || state, job, count(*) FROM written
-                WHERE state IN ('done', 'failed') GROUP BY state, job
-            )
-            SELECT request_task_id FROM written
-            """
-        ),
+    An item put back to pending waits its delay (seconds) before it may be claimed again. The outcomes go
+    as one JSON document (see :meth:`NewItems.as_json`)."""
+    states, results, errors, delays = zip(*outcomes, strict=True) if outcomes else ((), (), (), ())
+    document = orjson.dumps(
         {
-            "task": task_id,
             "t": [c.request_task_id for c in claimed],
             "p": [c.position for c in claimed],
-            "s": list(states),
-            "r": list(results),
-            "e": list(errors),
-            "d": list(delays),
+            "s": states,
+            "r": _embedded(results),
+            "e": errors,
+            "d": delays,
         },
-    )
+        default=str,  # the driver's own UUID type (claimed rows' ids), which orjson does not know
+    ).decode()
+    rows = await conn.execute(_WRITE_RESULTS, {"task": task_id, "outcomes": document})
     return {r.request_task_id for r in rows}
 
 

@@ -341,15 +341,7 @@ class Processor:
             await store.plan_as_a_queue(conn)
             touched: set[uuid.UUID] = set()
             if claimed:
-                touched = await store.write_results(
-                    conn,
-                    task.task_id,
-                    claimed,
-                    [o[0] for o in outcomes],
-                    [o[1] for o in outcomes],
-                    [o[2] for o in outcomes],
-                    [o[3] for o in outcomes],
-                )
+                touched = await store.write_results(conn, task.task_id, claimed, outcomes)
                 finished = await store.mark_processed(conn, touched)
                 for _, seconds in finished:
                     metrics.REQUEST_END_TO_END.labels(task.processing).observe(seconds)
