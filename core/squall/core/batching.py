@@ -44,9 +44,8 @@ class Coalescer(Generic[In, Out]):
             del self._waiting[: self._max_batch]
             try:
                 answers = await self._write_many([value for value, _ in batch])
-            except (
-                BaseException
-            ) as exc:  # the whole write failed (the database is down): every caller sees it
+            # The whole write failed (the database is down): every caller of the batch sees it.
+            except BaseException as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
