@@ -220,7 +220,11 @@ def _listening_pids(port: int, pids: list[int]) -> set[int]:
                     inodes.add(f"socket:[{fields[9]}]")
     holders = set()
     for pid in pids:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # gone
+            continue
+        for fd in fds:
             with contextlib.suppress(OSError):
                 if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
                     holders.add(pid)
@@ -236,11 +240,13 @@ def test_several_gateways_share_one_port(tmp_path: Path) -> None:
         gateways = [p for p in _processes(dev.state) if p["service"] == "gateway"]
         assert sorted(p["name"] for p in gateways) == ["gateway-1", "gateway-2"]
         pids = [p["pid"] for p in gateways]
-        assert _listening_pids(dev.port, pids) == set(pids)
+        # squall dev is ready once one gateway answers; the other may still be starting.
+        _wait(lambda: _listening_pids(dev.port, pids) == set(pids), 30, "both gateways listening")
         for n in range(20):  # a new connection each: the kernel spreads them over both
             body = {"rid": f"g{n}", "items": [{"number": n, "job": "square"}]}
             assert httpx.post(f"{dev.url}/v1/requests", json=body).status_code == 202
         os.kill(pids[0], signal.SIGKILL)
+        _wait(lambda: pids[0] not in _listening_pids(dev.port, pids), 10, "the killed gateway's socket gone")
         for n in range(20, 40):
             body = {"rid": f"g{n}", "items": [{"number": n, "job": "square"}]}
             assert httpx.post(f"{dev.url}/v1/requests", json=body).status_code == 202
