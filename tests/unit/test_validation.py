@@ -470,3 +470,38 @@ def test_rid_beyond_64_bits_from_the_wire() -> None:
     doc = parse_json(b'{"rid": 18446744073709551616, "items": [{"number": 1, "job": "sum"}]}')
     err = error_of(submit, doc)
     assert (err.status, err.code, err.field) == (422, "out_of_range", "rid")
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [
+            {"number": 1, "job": "sum"},
+            {"job": "mul", "number": -(2**63)},
+            {"number": 2**63 - 1, "job": "square"},
+        ],
+        [{"number": 540.0, "job": "sum"}, {"number": 3, "job": "mul"}],  # a whole float: the careful path
+    ],
+)
+def test_well_formed_items_parse_as_the_model_would(items: list[dict[str, Any]]) -> None:
+    sub = parse_submission({"items": items}, KNOWN, 100, 128)
+    expected = [Item(number=int(i["number"]), job=i["job"]) for i in items]
+    assert sub.items == expected
+    assert [i.model_dump_json() for i in sub.items] == [i.model_dump_json() for i in expected]
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ({"number": True, "job": "sum"}, "items[1].number"),
+        ({"number": 2**63, "job": "sum"}, "items[1].number"),
+        ({"number": 1, "job": "nope"}, "items[1].job"),
+        ({"number": 1, "jobs": "sum"}, "items[1].jobs"),
+        ({"number": 1}, "items[1].job"),
+        ([1, "sum"], "items[1]"),
+    ],
+)
+def test_one_bad_item_among_good_ones_is_named(entry: Any, field: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        parse_submission({"items": [{"number": 1, "job": "sum"}, entry]}, KNOWN, 100, 128)
+    assert caught.value.field == field and caught.value.status == 422

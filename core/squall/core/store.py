@@ -25,10 +25,7 @@ from squall.core.settings import redact_url
 
 def items_hash(items: Sequence[Item]) -> bytes:
     """A digest of the items in order: equal digests mean an identical re-submission."""
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(f"{item.number}\x1f{item.job}\x1e".encode())
-    return digest.digest()
+    return hashlib.sha256("".join([f"{item.number}\x1f{item.job}\x1e" for item in items]).encode()).digest()
 
 
 def result_json(value: Any) -> str:
