@@ -220,6 +220,14 @@ class Registry(Mapping[str, Processing]):
     def __getitem__(self, name: str) -> Processing:
         return self._by_name[name]
 
+    # The dict's own lookups: Mapping's generic ones go through __getitem__ and an exception (per item, on
+    # the hot paths of the gateway and the processor).
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def get(self, name: str, default: Processing | None = None) -> Processing | None:  # type: ignore[override]
+        return self._by_name.get(name, default)
+
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(sorted(self._by_name))
 
