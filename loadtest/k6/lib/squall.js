@@ -218,7 +218,7 @@ function seconds(duration) {
 
 // k6 options of a profile: the clients' scenario, a one-VU scenario reading /v1/stats once a second (what a
 // dashboard or `squall top` does), and the thresholds that make k6 exit non-zero (99) when crossed.
-export function profileOptions(name) {
+function profileOptions(name) {
   const p = profile(name);
   const vus = integerFromEnv('SQUALL_VUS', p.vus);
   const hold = env('SQUALL_DURATION', p.hold);
@@ -329,7 +329,7 @@ function statusLegacy(taskId) {
 
 // setup(): a health gate (the gateway answers /v1/stats with this token: right URL, token valid with the
 // read scope) and a run id that keeps rids unique across runs and across k6 instances.
-export function start(profileName) {
+function start(profileName) {
   const p = profile(profileName);
   const { res, stats } = readStats();
   if (stats === null) {
@@ -416,7 +416,7 @@ export function watchStats() {
 // teardown(): wait (up to SQUALL_DRAIN_TIMEOUT seconds; 0 skips the check) until /v1/stats shows no
 // pending request, i.e. everything accepted was persisted and processed. Against a system that others
 // keep loading, set SQUALL_DRAIN_TIMEOUT=0.
-export function drain() {
+function drain() {
   if (settings.drainTimeoutSeconds <= 0) {
     return;
   }
@@ -512,7 +512,18 @@ export function textSummary(data, profileName) {
 
 // handleSummary(): the text summary to stdout and the full summary as JSON to SQUALL_SUMMARY
 // (default summary-<profile>.json in the working directory).
-export function summary(data, profileName) {
+function summary(data, profileName) {
   const path = settings.summaryPath || `summary-${profileName}.json`;
   return { stdout: textSummary(data, profileName), [path]: JSON.stringify(data, null, 2) };
+}
+
+// Everything a profile's entry script exports besides `client` and `watchStats` (which it re-exports):
+//   export const { options, setup, teardown, handleSummary } = profileScript('smoke');
+export function profileScript(name) {
+  return {
+    options: profileOptions(name),
+    setup: () => start(name),
+    teardown: () => drain(),
+    handleSummary: (data) => summary(data, name),
+  };
 }
