@@ -16,7 +16,8 @@ Figures per scenario: accepted requests/s (k6's 202 count / k6's run duration); 
 end (items in a final state / (last items.updated_at - first requests.created_at), in SQL); HTTP p50/p99
 (k6's http_req_duration); end-to-end latency p50/p99 per request (processed_at - created_at, in SQL); peak
 RSS per service kind (every 0.5 s, each pid listed in dev.json, max per kind); drain: from the last
-acceptance to the last item persisted (in SQL). A Markdown table goes to stdout; everything, with a
+acceptance to the last item persisted (in SQL); CPU time per accepted request of each component while k6
+ran (/proc, see bench.sampler.CpuMeter). Markdown tables go to stdout; everything, with a
 description of the machine and the exact command, to OUT_DIR/bench-STAMP.json, and a chart (throughput per
 second over time per scenario, latency percentiles) to OUT_DIR/bench-STAMP.png.
 """
@@ -42,8 +43,8 @@ from bench import db, procs
 from bench.chart import write_chart
 from bench.dev import SquallDev
 from bench.k6run import k6_version, parse_duration, run_k6
-from bench.report import machine_info, markdown_table
-from bench.sampler import RssSampler
+from bench.report import cpu_table, machine_info, markdown_table
+from bench.sampler import CpuMeter, RssSampler
 from bench.stats import StatsWatcher
 
 PROFILES = {"P1": 1, "P2": 100}
@@ -196,6 +197,7 @@ async def run_scenario(
     result["logs"] = {"squall_dev": str(dev.log_path), "k6": str(dev.log_path.with_suffix(".k6.log"))}
     _LIVE.add(dev)
     sampler = RssSampler(dev)
+    cpu = CpuMeter(dev)
     stop_sampling = asyncio.Event()
     sampler_task: asyncio.Task[None] | None = None
     watcher = StatsWatcher(dev.base_url)
@@ -214,6 +216,7 @@ async def run_scenario(
         )
         run_id = f"{stamp}-{scenario.slug}"
         result["stats_load_started_at"] = watcher.mark()
+        cpu.start()
         k6 = await run_k6(
             base_url=dev.base_url,
             items_per_request=scenario.items_per_request,
@@ -224,7 +227,9 @@ async def run_scenario(
             summary_path=data_dir / "k6-summary.json",
             log_path=dev.log_path.with_suffix(".k6.log"),
         )
+        cpu.stop()
         result["k6"] = k6
+        result["cpu"] = cpu.result(k6["accepted_202"])
         _say(
             scenario,
             f"k6 done: {k6['accepted_202']} accepted, {k6['not_accepted']} not; "
@@ -339,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             chart_note = f"chart: {chart}"
         print()
         print(markdown_table(doc["scenarios"]))
+        print()
+        print(cpu_table(doc["scenarios"]))
         print()
         print(f"results: {out}")
         print(chart_note)

@@ -66,6 +66,19 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) one process has used so far (/proc/PID/stat fields 14 and 15); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
 def children(pid: int) -> list[int]:
     """Direct children of a process."""
     if _psutil is not None:

@@ -122,3 +122,22 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+CPU_COMPONENTS = ("gateway", "processor", "scheduler", "nats", "postgres", "k6", "bench", "total")
+
+
+def cpu_table(results: list[dict[str, Any]]) -> str:
+    """CPU µs per accepted request of each component while k6 ran (and the cores busy in all)."""
+    header = ["Scenario", *[f"{c} µs/req" for c in CPU_COMPONENTS], "cores busy"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    for r in results:
+        cpu = r.get("cpu") or {}
+        per_request = cpu.get("us_per_request") or {}
+        busy = (cpu.get("cores_busy") or {}).get("total")
+        row = [r["scenario"], *[_fmt(per_request.get(c)) for c in CPU_COMPONENTS], _fmt(busy, 2)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
