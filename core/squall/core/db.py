@@ -77,7 +77,9 @@ requests = Table(
     Column("processed_at", DateTime(timezone=True)),
     CheckConstraint("item_count >= 1", name="requests_item_count"),
     CheckConstraint("(recorded_at IS NULL) = (payload IS NOT NULL)", name="requests_payload_until_recorded"),
-    Index("requests_unrecorded", "created_at", postgresql_where=text("recorded_at IS NULL")),
+    # Defined by the payload, not recorded_at: statements that find requests by key and say "recorded_at IS
+    # NULL" must not be planned on this index (migration 0006).
+    Index("requests_awaiting_record", "created_at", postgresql_where=text("payload IS NOT NULL")),
 )
 
 items = Table(
@@ -154,7 +156,12 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
         pool_pre_ping=settings.database_pool_pre_ping,
         pool_recycle=1800,
         # Statements are built per call from text(); asyncpg's own prepared-statement cache does the rest.
-        connect_args={"server_settings": {"application_name": "squall"}},
+        # Each execution is planned for its parameters: a generic plan would be fixed on a connection's
+        # sixth execution, from the statistics of that moment, and a plan made while a table was nearly
+        # empty (a sequential scan) then stays for the connection's life as the table grows.
+        connect_args={
+            "server_settings": {"application_name": "squall", "plan_cache_mode": "force_custom_plan"}
+        },
     )
     metrics.watch_pool(engine.pool)
     return engine

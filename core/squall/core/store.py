@@ -302,7 +302,8 @@ _READ_STATS = text(
     SELECT counter, processing, CAST(sum(n) AS bigint) AS n FROM (
         SELECT counter, processing, n FROM stat_totals
         UNION ALL SELECT counter, processing, n FROM stat_deltas
-        UNION ALL SELECT 'requests_unrecorded', '', count(*) FROM requests WHERE recorded_at IS NULL
+        -- A request keeps its payload until it is recorded: the predicate of requests_awaiting_record.
+        UNION ALL SELECT 'requests_unrecorded', '', count(*) FROM requests WHERE payload IS NOT NULL
         -- A dead request task (its immediate items failed at recording) counts under its items' processing.
         UNION ALL SELECT 'tasks_dead', coalesce(t.processing, (SELECT i.job FROM items i
                                                               WHERE i.request_task_id = t.id
@@ -548,7 +549,7 @@ async def unrecorded_payloads(
             text(
                 """
                 SELECT rid, payload FROM requests
-                WHERE recorded_at IS NULL AND created_at < now() - make_interval(secs => :age)
+                WHERE payload IS NOT NULL AND created_at < now() - make_interval(secs => :age)
                 ORDER BY created_at LIMIT :limit
                 """
             ),
