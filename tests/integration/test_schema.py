@@ -31,7 +31,7 @@ def test_every_migration_can_be_undone_and_redone(database_url: str) -> None:
     config = migrate.alembic_config(load_settings(database_url=database_url))
     command.downgrade(config, "base")
     command.upgrade(config, "head")
-    command.downgrade(config, "0005")  # the last step alone, back and forth once more
+    command.downgrade(config, "0005")  # the last steps alone, back and forth once more
     command.upgrade(config, "head")
 
 
