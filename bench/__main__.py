@@ -17,9 +17,10 @@ end (items in a final state / (last items.updated_at - first requests.created_at
 (k6's http_req_duration); end-to-end latency p50/p99 per request (processed_at - created_at, in SQL); peak
 RSS per service kind (every 0.5 s, each pid listed in dev.json, max per kind); drain: from the last
 acceptance to the last item persisted (in SQL); CPU time per accepted request of each component while k6
-ran (/proc, see bench.sampler.CpuMeter). Markdown tables go to stdout; everything, with a
-description of the machine and the exact command, to OUT_DIR/bench-STAMP.json, and a chart (throughput per
-second over time per scenario, latency percentiles) to OUT_DIR/bench-STAMP.png.
+ran (/proc, see bench.sampler.CpuMeter), and how fast the machine was just before (bench.report's
+speed_probe_ms: shared virtual machines vary by tens of percent). Markdown tables go to stdout;
+everything, with a description of the machine and the exact command, to OUT_DIR/bench-STAMP.json, and a
+chart (throughput per second over time per scenario, latency percentiles) to OUT_DIR/bench-STAMP.png.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from bench import db, procs
 from bench.chart import write_chart
 from bench.dev import SquallDev
 from bench.k6run import k6_version, parse_duration, run_k6
-from bench.report import cpu_table, machine_info, markdown_table
+from bench.report import cpu_table, machine_info, markdown_table, speed_probe_ms
 from bench.sampler import CpuMeter, RssSampler
 from bench.stats import StatsWatcher
 
@@ -215,6 +216,7 @@ async def run_scenario(
             scenario, f"k6: {args.vus} VUs for {duration_text}, {scenario.items_per_request} item(s)/request"
         )
         run_id = f"{stamp}-{scenario.slug}"
+        result["speed_probe_ms"] = await asyncio.to_thread(speed_probe_ms)
         result["stats_load_started_at"] = watcher.mark()
         cpu.start()
         k6 = await run_k6(

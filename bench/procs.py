@@ -70,7 +70,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system) one process has used so far (/proc/PID/stat fields 14 and 15); None if gone."""
+    """CPU time (user + system) a process has used so far (/proc/PID/stat fields 14 and 15); None if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

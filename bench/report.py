@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,22 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def speed_probe_ms() -> float:
+    """Milliseconds this machine takes now for a fixed pure-Python loop (best of three).
+
+    Shared virtual machines speed up and slow down by tens of percent from one minute to the next; a run's
+    figures are comparable with another's only next to this (k6's CPU per request says the same under load).
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
 
 
 def machine_info() -> dict[str, Any]:
@@ -129,7 +146,7 @@ CPU_COMPONENTS = ("gateway", "processor", "scheduler", "nats", "postgres", "k6",
 
 def cpu_table(results: list[dict[str, Any]]) -> str:
     """CPU µs per accepted request of each component while k6 ran (and the cores busy in all)."""
-    header = ["Scenario", *[f"{c} µs/req" for c in CPU_COMPONENTS], "cores busy"]
+    header = ["Scenario", *[f"{c} µs/req" for c in CPU_COMPONENTS], "cores busy", "speed probe ms"]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
@@ -138,6 +155,11 @@ def cpu_table(results: list[dict[str, Any]]) -> str:
         cpu = r.get("cpu") or {}
         per_request = cpu.get("us_per_request") or {}
         busy = (cpu.get("cores_busy") or {}).get("total")
-        row = [r["scenario"], *[_fmt(per_request.get(c)) for c in CPU_COMPONENTS], _fmt(busy, 2)]
+        row = [
+            r["scenario"],
+            *[_fmt(per_request.get(c)) for c in CPU_COMPONENTS],
+            _fmt(busy, 2),
+            _fmt(r.get("speed_probe_ms"), 1),
+        ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

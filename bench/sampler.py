@@ -119,5 +119,7 @@ class CpuMeter:
             "window_seconds": round(window, 2),
             "cpu_seconds": seconds,
             "cores_busy": {k: round(v / window, 2) for k, v in seconds.items()} if window > 0 else None,
-            "us_per_request": {k: round(v * 1e6 / requests) for k, v in seconds.items()} if requests else None,
+            "us_per_request": {k: round(v * 1e6 / requests) for k, v in seconds.items()}
+            if requests
+            else None,
         }
