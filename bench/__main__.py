@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch mode: SQUALL_PROCESSINGS__SUM__INTERVAL_SECONDS (default 0.2)",
     )
     parser.add_argument(
+        "--max-backlog-items",
+        type=int,
+        default=None,
+        help="SQUALL_GATEWAY__MAX_BACKLOG_ITEMS for squall dev (default: Squall's own, 1000000)",
+    )
+    parser.add_argument(
         "--drain-timeout",
         type=float,
         default=120.0,
@@ -174,6 +180,8 @@ async def run_scenario(
     """Run one scenario, filling ``result`` as it goes (so an interrupted one still reports what it got)."""
     duration_text, duration_seconds = args.duration
     env = mode_env(scenario.mode, args.batch_interval)
+    if args.max_backlog_items is not None:
+        env["SQUALL_GATEWAY__MAX_BACKLOG_ITEMS"] = str(args.max_backlog_items)
     result |= {
         "scenario": scenario.name,
         "profile": scenario.profile,
@@ -320,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             "processors": args.processors,
             "gateways": args.gateways,
             "batch_interval_seconds": args.batch_interval,
+            "max_backlog_items": args.max_backlog_items,
             "drain_timeout_seconds": args.drain_timeout,
         },
         "scenarios": [],

@@ -1,8 +1,13 @@
-"""A full stream refuses new work: the gateway answers 503 with Retry-After and keeps nothing half-written."""
+"""Back-pressure: a full stream, or a backlog over its limit, refuses new work (503 with Retry-After) and
+keeps nothing half-written."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.harness import System, make_settings, wait_for
 
@@ -41,3 +46,64 @@ async def test_full_stream_answers_503_and_leaves_no_trace(
         "/v1/requests", json={"rid": rid, "items": [{"number": n, "job": "sum"} for n in range(20)]}
     )
     assert again.status_code == 202
+
+
+async def _backlog(system: System) -> int:
+    response = await system.client.get("/v1/stats")
+    assert response.status_code == 200
+    return int(response.json()["backlog"]["items"])
+
+
+async def _held(system: System, outcome: str) -> float:
+    response = await system.client.get("/metrics")
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == "squall_admission_held_total" and sample.labels == {"outcome": outcome}:
+                return float(sample.value)
+    return 0.0
+
+
+async def test_over_the_backlog_limit_submissions_wait_then_get_503(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    """Batch items wait for a scheduler that is not running: the backlog grows to the limit; a submission
+    then waits and is refused (nothing written), and one waiting when the scheduler starts is accepted."""
+    wait = 6.0
+    settings = make_settings(
+        nats_url, database_url, gateway={"max_backlog_items": 5, "admission_wait_seconds": wait}
+    )
+    system = await system_factory(settings)
+
+    def body(rid: str) -> dict[str, object]:
+        return {"rid": rid, "items": [{"number": n, "job": "sum"} for n in range(3)]}
+
+    await system.submit(body("first"))
+    await wait_for(lambda: _at_least(system, 3), what="3 items in the backlog")
+    await system.submit(body("second"))  # 3 < 5: admitted, and the backlog passes the limit
+    await wait_for(lambda: _at_least(system, 6), what="6 items in the backlog")
+
+    refused_before = await _held(system, "refused")
+    started = time.monotonic()
+    response = await system.client.post("/v1/requests", json=body("third"))
+    held_for = time.monotonic() - started
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "overloaded"
+    assert response.headers["Retry-After"]
+    assert held_for >= wait - 0.5
+    assert await system.fetchval("SELECT count(*) FROM requests WHERE rid = 'third'") == 0
+    assert await _held(system, "refused") == refused_before + 1
+
+    # Held now; the scheduler starts, the backlog is processed, and the same submission goes through.
+    admitted_before = await _held(system, "admitted")
+    held = asyncio.create_task(system.client.post("/v1/requests", json=body("third")))
+    await asyncio.sleep(0.5)
+    assert not held.done()
+    await system.start_scheduler()
+    response = await held
+    assert response.status_code == 202, response.text
+    assert await _held(system, "admitted") == admitted_before + 1
+    await system.wait_processed("third")
+
+
+async def _at_least(system: System, items: int) -> bool:
+    return await _backlog(system) >= items

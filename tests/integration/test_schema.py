@@ -65,7 +65,8 @@ async def test_recording_is_planned_for_each_batch_not_once_per_connection(datab
                 await conn.execute(
                     text(
                         "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                        "WHERE statement LIKE '%WITH claimed AS%' AND statement NOT LIKE '%pg_prepared_statements%'"
+                        "WHERE statement LIKE '%WITH claimed AS%'"
+                        " AND statement NOT LIKE '%pg_prepared_statements%'"
                     )
                 )
             ).one()

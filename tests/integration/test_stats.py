@@ -47,6 +47,10 @@ async def truth(system: System) -> dict[str, Any]:
         "recorded": await system.fetchval("SELECT count(*) FROM requests WHERE recorded_at IS NOT NULL"),
         "items": items,
         "dead_tasks": {r["processing"]: r["n"] for r in dead},
+        "backlog": await system.fetchval(
+            "SELECT (SELECT coalesce(sum(item_count), 0) FROM requests WHERE recorded_at IS NULL)"
+            " + (SELECT count(*) FROM items WHERE state IN ('pending', 'running'))"
+        ),
     }
 
 
@@ -59,6 +63,7 @@ def as_truth(answer: dict[str, Any]) -> dict[str, Any]:
         "recorded": requests["recorded"],
         "items": answer["items"],
         "dead_tasks": answer["dead_tasks"],
+        "backlog": answer["backlog"]["items"],
     }
 
 
@@ -68,6 +73,7 @@ async def test_stats_follow_intake_recording_and_processing(system: System) -> N
         "requests": {"accepted": 0, "processed": 0, "pending": 0, "recorded": 0},
         "items": {},
         "dead_tasks": {},
+        "backlog": {"items": 0},
     }
     await system.stop_processors()  # accepted, not recorded yet: counted all the same
     for rid, items in (("a", [(1, "sum"), (2, "sum"), (3, "mul")]), ("b", [(4, "mul")]), ("c", [(5, "sum")])):
@@ -79,6 +85,8 @@ async def test_stats_follow_intake_recording_and_processing(system: System) -> N
 
     answer = await wait_for(accepted_three, what="3 accepted")
     assert answer["requests"] == {"accepted": 3, "processed": 0, "pending": 3, "recorded": 0}
+    assert answer["backlog"] == {"items": 5}  # in requests not recorded yet
+    assert as_truth(answer) == await truth(system)
 
     await system.start_processor()
 
@@ -91,6 +99,7 @@ async def test_stats_follow_intake_recording_and_processing(system: System) -> N
         "sum": {"pending": 3, "done": 0, "failed": 0},
         "mul": {"pending": 2, "done": 0, "failed": 0},
     }
+    assert answer["backlog"] == {"items": 5}  # recorded, pending
     assert as_truth(answer) == await truth(system)
 
     await system.start_scheduler()
@@ -115,6 +124,7 @@ async def test_stats_follow_intake_recording_and_processing(system: System) -> N
     assert samples[("squall_items", (("processing", "sum"), ("state", "done")))] == 3
     assert samples[("squall_items", (("processing", "mul"), ("state", "done")))] == 2
     assert samples[("squall_items", (("processing", "mul"), ("state", "pending")))] == 0
+    assert samples[("squall_backlog_items", ())] == answer["backlog"]["items"] == 0
 
     # Folding the deltas into the totals changes nothing that is read.
     assert await system.fetchval("SELECT count(*) FROM stat_deltas") > 0

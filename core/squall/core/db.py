@@ -79,7 +79,12 @@ requests = Table(
     CheckConstraint("(recorded_at IS NULL) = (payload IS NOT NULL)", name="requests_payload_until_recorded"),
     # Defined by the payload, not recorded_at: statements that find requests by key and say "recorded_at IS
     # NULL" must not be planned on this index (migration 0006).
-    Index("requests_awaiting_record", "created_at", postgresql_where=text("payload IS NOT NULL")),
+    Index(
+        "requests_awaiting_record",
+        "created_at",
+        postgresql_include=["item_count"],
+        postgresql_where=text("payload IS NOT NULL"),
+    ),
 )
 
 items = Table(

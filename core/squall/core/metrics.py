@@ -105,6 +105,16 @@ REQUESTS = Gauge("squall_requests", "Requests accepted, by state (pending, proce
 ITEMS = Gauge(
     "squall_items", "Recorded items by processing and state (pending, done, failed).", ["processing", "state"]
 )
+BACKLOG_ITEMS = Gauge(
+    "squall_backlog_items",
+    "Items accepted and not processed yet (in requests not recorded, or recorded and pending).",
+)
+BACKLOG_LIMIT = Gauge("squall_backlog_limit_items", "The gateway's admission limit on the backlog (0: none).")
+ADMISSION_HELD = Counter(
+    "squall_admission_held_total",
+    "Submissions held because the backlog was over its limit, by outcome (admitted, refused: 503).",
+    ["outcome"],
+)
 DEAD_TASKS = Gauge(
     "squall_dead_tasks", "Poll tasks dead (waiting for a replay), by processing.", ["processing"]
 )

@@ -70,6 +70,20 @@ class GatewaySettings(BaseModel):
         description="On SIGTERM, keep serving this long while /readyz answers 503, so load balancers stop "
         "sending new requests before the listener closes.",
     )
+    max_backlog_items: int = Field(
+        1_000_000,
+        ge=0,
+        description="Admission control: while more items than this wait to be processed (in requests not "
+        "recorded yet, or recorded and pending), submissions are held, then answered 503 with Retry-After. "
+        "Bounds the time from acceptance to processing; 0: no limit.",
+    )
+    admission_wait_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=300,
+        description="How long a submission is held while the backlog is over its limit before it is answered "
+        "503 (0: at once).",
+    )
 
 
 class ProcessorSettings(BaseModel):

@@ -295,6 +295,12 @@ class Stats:
     processed: int
     items: dict[str, dict[str, int]]  # processing → {"pending", "done", "failed"} (recorded items)
     dead_tasks: dict[str, int]  # processing → dead poll tasks
+    unrecorded_items: int = 0  # items of the requests accepted but not recorded yet
+
+    @property
+    def backlog_items(self) -> int:
+        """Items accepted and not processed yet: in requests not recorded, or recorded and pending."""
+        return self.unrecorded_items + sum(counts["pending"] for counts in self.items.values())
 
 
 _READ_STATS = text(
@@ -304,6 +310,8 @@ _READ_STATS = text(
         UNION ALL SELECT counter, processing, n FROM stat_deltas
         -- A request keeps its payload until it is recorded: the predicate of requests_awaiting_record.
         UNION ALL SELECT 'requests_unrecorded', '', count(*) FROM requests WHERE payload IS NOT NULL
+        UNION ALL SELECT 'items_unrecorded', '', coalesce(sum(item_count), 0) FROM requests
+                  WHERE payload IS NOT NULL
         -- A dead request task (its immediate items failed at recording) counts under its items' processing.
         UNION ALL SELECT 'tasks_dead', coalesce(t.processing, (SELECT i.job FROM items i
                                                               WHERE i.request_task_id = t.id
@@ -317,8 +325,8 @@ _READ_STATS = text(
 
 async def read_stats(engine: AsyncEngine) -> Stats:
     """Request and item counts in one statement whose cost does not grow with the history: folded
-    counters, the deltas not folded yet, and two counts over partial indexes as small as the backlog
-    (requests not recorded yet, dead tasks)."""
+    counters, the deltas not folded yet, and counts over partial indexes as small as the backlog
+    (requests not recorded yet and their items, dead tasks)."""
     async with statements(engine) as conn:
         rows = (await conn.execute(_READ_STATS)).all()
     counts: dict[tuple[str, str], int] = {(r.counter, r.processing): int(r.n) for r in rows}
@@ -339,6 +347,7 @@ async def read_stats(engine: AsyncEngine) -> Stats:
         processed=counts.get(("requests_processed", ""), 0),
         items=items,
         dead_tasks={p: n for (c, p), n in sorted(counts.items()) if c == "tasks_dead"},
+        unrecorded_items=counts.get(("items_unrecorded", ""), 0),
     )
 
 

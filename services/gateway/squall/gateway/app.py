@@ -35,6 +35,7 @@ from squall.core.processings import Registry
 from squall.core.readiness import dependency_problems
 from squall.core.settings import Settings
 from squall.gateway import admin, stats, validation
+from squall.gateway.admission import Admission
 from squall.gateway.base import BaseHandler, record_request
 from squall.gateway.openapi import openapi_spec
 
@@ -57,6 +58,12 @@ class GatewayApp(tornado.web.Application):
         self.js = nc.jetstream()
         self.accepting = True
         self.authenticator = Authenticator(settings.auth, engine)
+        self.stats = stats.StatsCache(engine)
+        self.admission = Admission(
+            self.stats.backlog_items,
+            settings.gateway.max_backlog_items,
+            settings.gateway.admission_wait_seconds,
+        )
         # Concurrent submissions are accepted together: one INSERT (one round trip, one commit) per batch.
         self.intake: Coalescer[store.Submitted, store.Accepted] = Coalescer(
             self._accept_many, max_batch=INTAKE_BATCH, concurrency=INTAKE_WRITERS
@@ -71,7 +78,7 @@ class GatewayApp(tornado.web.Application):
                 (r"/v1/openapi\.json", OpenApiHandler),
                 (r"/number_request", LegacyHandler),
                 *admin.ROUTES,
-                *stats.routes(engine),
+                *stats.routes(self.stats),
                 *ops_routes(self.problems),
             ],
             default_handler_class=NotFoundHandler,
@@ -169,11 +176,12 @@ class SubmitHandler(IntakeHandler):
 
 async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
     """Accept a request (or find its identical earlier submission) and make sure its event is published."""
-    event = events.RequestSubmitted(task_id=uuid.uuid4(), rid=sub.rid, items=sub.items)
-    payload = event.model_dump_json().encode()
     if not app.nc.is_connected:
         metrics.EVENTS_PUBLISHED.labels(events.REQUEST_SUBMITTED, "unavailable").inc()
         raise _unavailable("the message broker is unreachable")
+    await app.admission.admit()
+    event = events.RequestSubmitted(task_id=uuid.uuid4(), rid=sub.rid, items=sub.items)
+    payload = event.model_dump_json().encode()
     try:
         accepted = await app.intake.submit(store.Submitted(event, sub.rid_is_int, payload))
     except store.RidConflict:

@@ -41,7 +41,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "Too many items, or the body is too large.",
         415: "The body is not JSON.",
         422: "A field is invalid (the error names it).",
-        503: "NATS or PostgreSQL is unreachable; retry after Retry-After seconds.",
+        503: "NATS or PostgreSQL is unreachable, or (a submission) the backlog is over its limit (code "
+        "`overloaded`); retry after Retry-After seconds.",
     }
     return {str(c): _json(_ref("Error"), text[c]) for c in codes}
 
@@ -384,7 +385,7 @@ def _stats_schema() -> dict[str, Any]:
     count = {"type": "integer", "minimum": 0}
     return {
         "type": "object",
-        "required": ["requests", "items", "dead_tasks"],
+        "required": ["requests", "items", "dead_tasks", "backlog"],
         "properties": {
             "requests": {
                 "type": "object",
@@ -410,6 +411,17 @@ def _stats_schema() -> dict[str, Any]:
                 "type": "object",
                 "description": "By processing: dead poll tasks (replay with POST /v1/tasks/{id}/retry).",
                 "additionalProperties": count,
+            },
+            "backlog": {
+                "type": "object",
+                "required": ["items"],
+                "properties": {
+                    "items": {
+                        **count,
+                        "description": "Items accepted and not processed yet (in requests not recorded, "
+                        "or recorded and pending): what admission control bounds.",
+                    }
+                },
             },
         },
     }

@@ -34,6 +34,9 @@ class StatsCache:
         self._read_at = 0.0
         self._refresh: asyncio.Future[store.Stats] | None = None
 
+    async def backlog_items(self) -> int:
+        return (await self.get()).backlog_items
+
     async def get(self) -> store.Stats:
         if self._stats is not None and time.monotonic() - self._read_at < self.max_age:
             return self._stats
@@ -54,6 +57,7 @@ class StatsCache:
 
 
 def export(stats: store.Stats) -> None:
+    metrics.BACKLOG_ITEMS.set(stats.backlog_items)
     metrics.REQUESTS.labels("pending").set(stats.accepted - stats.processed)
     metrics.REQUESTS.labels("processed").set(stats.processed)
     for processing, counts in stats.items.items():
@@ -73,6 +77,7 @@ def as_json(stats: store.Stats) -> dict[str, Any]:
         },
         "items": stats.items,
         "dead_tasks": stats.dead_tasks,
+        "backlog": {"items": stats.backlog_items},
     }
 
 
@@ -105,9 +110,8 @@ class GatewayMetricsHandler(MetricsHandler):
         self.finish(generate_latest())
 
 
-def routes(engine: AsyncEngine) -> list[tuple[str, type[Any], dict[str, Any]]]:
+def routes(cache: StatsCache) -> list[tuple[str, type[Any], dict[str, Any]]]:
     """Listed before the shared operations routes, so this ``/metrics`` is the one that answers."""
-    cache = StatsCache(engine)
     return [
         (r"/v1/stats", StatsHandler, {"cache": cache}),
         (r"/metrics", GatewayMetricsHandler, {"cache": cache}),

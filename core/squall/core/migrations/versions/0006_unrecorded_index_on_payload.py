@@ -12,6 +12,9 @@ since the last vacuum included, and hash-joined it: 35 million index entries rea
 a 30 s run. ``payload IS NOT NULL`` selects the same rows (constraint requests_payload_until_recorded), and
 no statement that looks rows up by key filters on it, so those take the unique index on task_id.
 
+The index carries item_count, so the items waiting in unrecorded requests (part of the backlog the
+gateway's admission control bounds) are summed from the index alone.
+
 Built concurrently: writes go on while a large table is indexed.
 """
 
@@ -32,6 +35,7 @@ def upgrade() -> None:
             "requests_awaiting_record",
             "requests",
             ["created_at"],
+            postgresql_include=["item_count"],
             postgresql_where=sa.text("payload IS NOT NULL"),
             postgresql_concurrently=True,
             if_not_exists=True,
