@@ -1,8 +1,10 @@
-"""``GET /v1/stats`` and the state gauges (squall_requests, squall_items, squall_dead_tasks).
+"""``GET /v1/stats``, the state gauges (squall_requests, squall_items, squall_dead_tasks,
+squall_backlog_items) and the backlog the admission control reads.
 
-Both come from one count query (``store.read_stats``), cached for a second with at most one query in
-flight per gateway: a load tool polling every second, Prometheus scraping and ``squall top`` together cost
-PostgreSQL one cheap statement a second per gateway, however many callers there are.
+All come from one count query (``store.read_stats``), cached for a second with at most one query in
+flight per gateway: a load tool polling every second, Prometheus scraping, ``squall top`` and the
+submissions' admission together cost PostgreSQL one cheap statement a second per gateway, however many
+callers there are.
 """
 
 from __future__ import annotations
