@@ -63,7 +63,8 @@ requests = Table(
     metadata,
     Column("rid", Text, primary_key=True),
     Column("rid_is_int", Boolean, nullable=False, server_default="false"),
-    Column("task_id", UUID(as_uuid=True), ForeignKey("tasks.id"), nullable=False, unique=True),
+    # No foreign key to tasks: the task row is inserted by the same statement (migration 0007).
+    Column("task_id", UUID(as_uuid=True), nullable=False, unique=True),
     Column("items_hash", LargeBinary, nullable=False, comment="sha256 of the canonical items."),
     Column("item_count", Integer, nullable=False),
     Column(
