@@ -114,7 +114,7 @@ async def test_accepted_request_whose_event_was_never_published_is_recovered(sys
     event = events.RequestSubmitted(
         task_id=uuid.uuid4(), rid="orphan", items=[events.Item(number=5, job="mul")]
     )
-    submitted = store.Submitted(event, False, event.model_dump_json().encode())
+    submitted = store.Submitted.of_event(event, False, event.model_dump_json().encode())
     [accepted] = await store.accept_requests(system.engine, [submitted])
     assert isinstance(accepted, store.Accepted) and accepted.created
     processor = system.processors[0].processor
@@ -179,7 +179,7 @@ def _submitted(rid: str, numbers: list[int]) -> store.Submitted:
     event = events.RequestSubmitted(
         task_id=uuid.uuid4(), rid=rid, items=[events.Item(number=n, job="mul") for n in numbers]
     )
-    return store.Submitted(event, False, event.model_dump_json().encode())
+    return store.Submitted.of_event(event, False, event.model_dump_json().encode())
 
 
 async def test_one_intake_statement_sorts_new_repeated_and_conflicting_rids(system: System) -> None:
@@ -196,7 +196,7 @@ async def test_one_intake_statement_sorts_new_repeated_and_conflicting_rids(syst
         _submitted("earlier", [2]),
     ]
     a, a_again, a_clash, b, earlier_again, earlier_clash = await store.accept_requests(system.engine, batch)
-    assert isinstance(a, store.Accepted) and a.created and a.task_id == batch[0].event.task_id
+    assert isinstance(a, store.Accepted) and a.created and a.task_id == batch[0].task_id
     assert isinstance(a_again, store.Accepted) and not a_again.created and a_again.task_id == a.task_id
     assert a_again.payload == batch[0].payload  # the first one's event, to publish again
     assert isinstance(a_clash, store.RidConflict)

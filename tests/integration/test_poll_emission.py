@@ -13,7 +13,7 @@ async def _pending_items(system: System, count: int) -> None:
     task_id = uuid.uuid4()
     items_in = [events.Item(number=n, job="mul") for n in range(count)]
     event = events.RequestSubmitted(task_id=task_id, rid=f"backlog-{task_id}", items=items_in)
-    await store.accept_requests(system.engine, [store.Submitted(event, False, b"{}")])
+    await store.accept_requests(system.engine, [store.Submitted.of_event(event, False, b"{}")])
     items = store.NewItems()
     items.add(task_id, event.items, [("pending", None, None, None)] * count)
     [recorded] = await store.record_requests(system.engine, [task_id], items, {})

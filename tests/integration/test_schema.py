@@ -44,7 +44,7 @@ async def test_recording_is_planned_for_each_batch_not_once_per_connection(datab
     try:
         for batch in range(8):
             submitted = [
-                store.Submitted(
+                store.Submitted.of_event(
                     RequestSubmitted(
                         task_id=uuid.uuid4(), rid=f"b{batch}-{n}", items=[Item(number=n, job="sum")]
                     ),

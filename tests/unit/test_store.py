@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from squall.core.events import Item
+import hashlib
+
+from squall.core.events import ItemFields
 from squall.core.store import items_hash, present_rid, result_json
 
 
-def items(*pairs: tuple[int, str]) -> list[Item]:
-    return [Item(number=n, job=j) for n, j in pairs]
+def items(*pairs: tuple[int, str]) -> list[ItemFields]:
+    return [{"number": n, "job": j} for n, j in pairs]
 
 
 def test_items_hash_is_stable() -> None:
     digest = items_hash(items((1, "sum"), (2, "mul")))
     assert digest == items_hash(items((1, "sum"), (2, "mul")))
     assert isinstance(digest, bytes) and len(digest) == 32
+
+
+def test_items_hash_hashes_the_text_every_stored_digest_was_made_of() -> None:
+    """Digests are stored with each request: an identical re-submission of a request accepted by an older
+    version must hash the same."""
+    text = "1\x1fsum\x1e-2\x1fmul\x1e"
+    assert items_hash(items((1, "sum"), (-2, "mul"))) == hashlib.sha256(text.encode()).digest()
 
 
 def test_items_hash_depends_on_order_numbers_and_jobs() -> None:

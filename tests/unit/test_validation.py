@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from squall.core.events import Item
+from squall.core.events import Item, RequestSubmitted, request_submitted_json
 from squall.core.http import ApiError
 from squall.gateway.validation import (
     INT64_MAX,
@@ -52,7 +52,7 @@ def test_valid_submission() -> None:
     sub = submit({"rid": "order-1", "items": [{"number": 3, "job": "sum"}, {"number": -7, "job": "mul"}]})
     assert sub.rid == "order-1"
     assert sub.rid_is_int is False
-    assert sub.items == [Item(number=3, job="sum"), Item(number=-7, job="mul")]
+    assert sub.items == [{"number": 3, "job": "sum"}, {"number": -7, "job": "mul"}]
 
 
 def test_integer_rid_is_kept_as_decimal_text() -> None:
@@ -82,12 +82,12 @@ def test_absent_rid_is_assigned_a_uuid(doc: dict[str, Any]) -> None:
 
 def test_limits_are_inclusive() -> None:
     sub = submit({"items": [{"number": i, "job": "square"} for i in range(MAX_ITEMS)]})
-    assert [item.number for item in sub.items] == list(range(MAX_ITEMS))
+    assert [item["number"] for item in sub.items] == list(range(MAX_ITEMS))
 
 
 @pytest.mark.parametrize("number", [INT64_MIN, INT64_MAX, 0])
 def test_int64_bounds_of_number_accepted(number: int) -> None:
-    assert submit({"items": [{"number": number, "job": "sum"}]}).items[0].number == number
+    assert submit({"items": [{"number": number, "job": "sum"}]}).items[0]["number"] == number
 
 
 # --- parse_submission: rid errors -------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def test_missing_number_or_job(missing: str) -> None:
 def test_integral_float_is_an_integer() -> None:
     # JSON Schema counts 540.0 as an integer; so does the API.
     sub = submit({"items": [{"number": 540.0, "job": "sum"}]})
-    assert sub.items[0].number == 540 and isinstance(sub.items[0].number, int)
+    assert sub.items[0]["number"] == 540 and isinstance(sub.items[0]["number"], int)
 
 
 @pytest.mark.parametrize("number", [True, False, 1.5, "1", None, [1], {"n": 1}])
@@ -269,12 +269,20 @@ def test_api_error_body() -> None:
 def test_legacy_pairs_numbers_with_jobs() -> None:
     sub = legacy({"rid": 12, "numbers": [1, 2, 3], "jobtodo": ["sum", "mul", "square"]})
     assert (sub.rid, sub.rid_is_int) == ("12", True)
-    assert sub.items == [Item(number=1, job="sum"), Item(number=2, job="mul"), Item(number=3, job="square")]
+    assert sub.items == [
+        {"number": 1, "job": "sum"},
+        {"number": 2, "job": "mul"},
+        {"number": 3, "job": "square"},
+    ]
 
 
 def test_legacy_single_job_applies_to_every_number() -> None:
     sub = legacy({"rid": "r", "numbers": [4, 5, 6], "jobtodo": ["mul"]})
-    assert sub.items == [Item(number=4, job="mul"), Item(number=5, job="mul"), Item(number=6, job="mul")]
+    assert sub.items == [
+        {"number": 4, "job": "mul"},
+        {"number": 5, "job": "mul"},
+        {"number": 6, "job": "mul"},
+    ]
 
 
 def test_legacy_without_rid_gets_a_uuid() -> None:
@@ -486,8 +494,13 @@ def test_rid_beyond_64_bits_from_the_wire() -> None:
 def test_well_formed_items_parse_as_the_model_would(items: list[dict[str, Any]]) -> None:
     sub = parse_submission({"items": items}, KNOWN, 100, 128)
     expected = [Item(number=int(i["number"]), job=i["job"]) for i in items]
-    assert sub.items == expected
-    assert [i.model_dump_json() for i in sub.items] == [i.model_dump_json() for i in expected]
+    assert sub.items == [i.model_dump() for i in expected]
+    # The event built from them is the one the model describes.
+    task_id = uuid.uuid4()
+    payload = request_submitted_json(task_id, "r-1", sub.items)
+    assert RequestSubmitted.model_validate_json(payload) == RequestSubmitted(
+        task_id=task_id, rid="r-1", items=expected
+    )
 
 
 @pytest.mark.parametrize(

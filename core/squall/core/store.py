@@ -19,13 +19,14 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from squall.core.events import Item, RequestSubmitted
+from squall.core.events import Item, ItemFields, RequestSubmitted
 from squall.core.settings import redact_url
 
 
-def items_hash(items: Sequence[Item]) -> bytes:
-    """A digest of the items in order: equal digests mean an identical re-submission."""
-    return hashlib.sha256("".join([f"{item.number}\x1f{item.job}\x1e" for item in items]).encode()).digest()
+def items_hash(items: Sequence[ItemFields]) -> bytes:
+    """A digest of the items in order: equal digests mean an identical re-submission. (Stored: the text
+    hashed must never change, or a re-submission of an older request would be taken for a conflict.)"""
+    return hashlib.sha256("".join([f"{i['number']}\x1f{i['job']}\x1e" for i in items]).encode()).digest()
 
 
 def result_json(value: Any) -> str:
@@ -69,9 +70,16 @@ class RidConflict(Exception):
 
 @dataclass(frozen=True)
 class Submitted:
-    event: RequestSubmitted
+    task_id: uuid.UUID
+    rid: str
     rid_is_int: bool
-    payload: bytes  # the event, as published
+    items: Sequence[ItemFields]
+    payload: bytes  # the RequestSubmitted event, as published
+
+    @classmethod
+    def of_event(cls, event: RequestSubmitted, rid_is_int: bool, payload: bytes) -> Submitted:
+        items: list[ItemFields] = [{"number": i.number, "job": i.job} for i in event.items]
+        return cls(event.task_id, event.rid, rid_is_int, items, payload)
 
 
 _ACCEPT_MANY = text(
@@ -98,16 +106,15 @@ async def accept_requests(engine: AsyncEngine, batch: Sequence[Submitted]) -> li
     """Record that the gateway accepted requests (before publishing them), in one statement for the whole
     batch (group commit); a request whose rid exists is answered by the earlier submission, or RidConflict.
     Each answer is in the order of ``batch``."""
-    digests = [items_hash(s.event.items) for s in batch]
+    digests = [items_hash(s.items) for s in batch]
     async with statements(engine) as conn:
         # One statement inserts each request's two rows or neither.
         created = {row.task_id for row in await conn.execute(_ACCEPT_MANY, _accept_params(batch, digests))}
         answers: list[Accepted | Exception] = []
         for submitted, digest in zip(batch, digests, strict=True):
-            event = submitted.event
-            if event.task_id in created:
+            if submitted.task_id in created:
                 answers.append(
-                    Accepted(event.task_id, created=True, recorded=False, payload=submitted.payload)
+                    Accepted(submitted.task_id, created=True, recorded=False, payload=submitted.payload)
                 )
             else:  # the rid exists (or came twice in this batch): seldom, so one by one
                 answers.append(await _accept_existing(conn, submitted, digest))
@@ -119,27 +126,26 @@ async def _accept_existing(
 ) -> Accepted | Exception:
     """The earlier submission of this rid; should it vanish in between (a withdrawn acceptance), accept this
     one after all."""
-    event = submitted.event
     for _ in range(3):
-        existing = (await conn.execute(_EXISTING, {"rid": event.rid})).first()
+        existing = (await conn.execute(_EXISTING, {"rid": submitted.rid})).first()
         if existing is not None:
             if existing.items_hash != digest:
-                return RidConflict(event.rid)
+                return RidConflict(submitted.rid)
             return Accepted(
                 existing.task_id, created=False, recorded=existing.recorded, payload=existing.payload
             )
         if (await conn.execute(_ACCEPT_MANY, _accept_params([submitted], [digest]))).first() is not None:
-            return Accepted(event.task_id, created=True, recorded=False, payload=submitted.payload)
-    return RuntimeError(f"rid {event.rid!r} keeps appearing and vanishing")
+            return Accepted(submitted.task_id, created=True, recorded=False, payload=submitted.payload)
+    return RuntimeError(f"rid {submitted.rid!r} keeps appearing and vanishing")
 
 
 def _accept_params(batch: Sequence[Submitted], digests: Sequence[bytes]) -> dict[str, list[Any]]:
     return {
-        "rid": [s.event.rid for s in batch],
+        "rid": [s.rid for s in batch],
         "rid_is_int": [s.rid_is_int for s in batch],
-        "task_id": [s.event.task_id for s in batch],
+        "task_id": [s.task_id for s in batch],
         "items_hash": list(digests),
-        "item_count": [len(s.event.items) for s in batch],
+        "item_count": [len(s.items) for s in batch],
         "payload": [s.payload for s in batch],
     }
 

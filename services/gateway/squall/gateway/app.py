@@ -180,10 +180,13 @@ async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
         metrics.EVENTS_PUBLISHED.labels(events.REQUEST_SUBMITTED, "unavailable").inc()
         raise _unavailable("the message broker is unreachable")
     await app.admission.admit()
-    event = events.RequestSubmitted(task_id=uuid.uuid4(), rid=sub.rid, items=sub.items)
-    payload = event.model_dump_json().encode()
+    task_id = uuid.uuid4()
+    payload = events.request_submitted_json(task_id, sub.rid, sub.items)
+    msg_id = events.request_msg_id(sub.rid)
     try:
-        accepted = await app.intake.submit(store.Submitted(event, sub.rid_is_int, payload))
+        accepted = await app.intake.submit(
+            store.Submitted(task_id, sub.rid, sub.rid_is_int, sub.items, payload)
+        )
     except store.RidConflict:
         raise ApiError(409, "rid_conflict", "this rid was submitted before with other items", "rid") from None
     if otel.tracer is not None:
@@ -194,15 +197,15 @@ async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
 
     if accepted.created:
         try:
-            await app.publish(events.REQUEST_SUBMITTED, payload, event.msg_id, span_attributes)
+            await app.publish(events.REQUEST_SUBMITTED, payload, msg_id, span_attributes)
         except ApiError:
             await store.withdraw_request(app.engine, accepted.task_id)
             raise
-        log.debug("request accepted", extra={"task_id": str(event.task_id), "rid": sub.rid})
+        log.debug("request accepted", extra={"task_id": str(task_id), "rid": sub.rid})
     elif not accepted.recorded and accepted.payload is not None:
         # Identical re-submission of a request not recorded yet: publish again in case the first event
         # was lost; JetStream drops it as a duplicate otherwise, and processors record a request once.
-        await app.publish(events.REQUEST_SUBMITTED, accepted.payload, event.msg_id, span_attributes)
+        await app.publish(events.REQUEST_SUBMITTED, accepted.payload, msg_id, span_attributes)
     return accepted
 
 
