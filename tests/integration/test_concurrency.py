@@ -224,3 +224,52 @@ async def test_concurrent_submissions_share_intake_statements(system: System) ->
     await system.start_scheduler()
     for n in range(40):
         assert (await system.wait_processed(f"r{n}"))["items"][0]["result"] == 2 * n
+
+
+async def test_immediate_items_are_counted_once_whatever_copies_of_their_event_arrive(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    """squall_items_processed_total counts the items a recording wrote: copies of the event in the same
+    batch, or arriving after the request was recorded, add nothing."""
+    settings = make_settings(nats_url, database_url, processings={"sum": {"mode": "immediate"}})
+    system = await system_factory(settings)
+    await system.stop_processors()
+    await system.submit({"rid": "counted", "items": [{"number": n, "job": "sum"} for n in range(5)]})
+    payload = await system.fetchval("SELECT payload FROM requests WHERE rid = 'counted'")
+
+    async def publish_copies(*ids: str) -> None:
+        nc = await nats.connect(system.settings.nats_url)
+        try:
+            for msg_id in ids:
+                await nc.jetstream().publish(
+                    events.REQUEST_SUBMITTED, payload, headers={"Nats-Msg-Id": msg_id}
+                )
+        finally:
+            await nc.close()
+
+    def done() -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "squall_items_processed_total", {"processing": "sum", "outcome": "done"}
+            )
+            or 0.0
+        )
+
+    before = done()
+    await publish_copies("copy-0", "copy-1")
+    await system.start_processor()
+    await system.wait_processed("counted")
+    assert done() - before == 5
+    await publish_copies("copy-late")  # recorded already: acked, nothing written or counted
+
+    async def consumed() -> bool:
+        nc = await nats.connect(system.settings.nats_url)
+        try:
+            info = await nc.jetstream().consumer_info(events.REQUESTS_STREAM, events.REQUESTS_CONSUMER)
+        finally:
+            await nc.close()
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await wait_for(consumed, what="the late copy consumed")
+    assert done() - before == 5
+    assert await system.fetchval("SELECT count(*) FROM items") == 5

@@ -230,13 +230,17 @@ class Processor:
             metrics.TASKS.labels("request", "", "dead").inc(dead_now)
         metrics.TASK_DURATION.labels("request", "").observe(elapsed)
         # Counted per (processing, state), not per item: a batch holds thousands.
-        outcomes = Counter(
-            (job, state)
-            for task_id, job, state in zip(items.request_task_id, items.job, items.state, strict=True)
-            if state != "pending" and task_id in fresh
-        )
+        if len(fresh) == len(distinct):  # no request of the batch was recorded before: every item counts
+            outcomes = Counter(zip(items.job, items.state, strict=True))
+        else:
+            outcomes = Counter(
+                (job, state)
+                for task_id, job, state in zip(items.request_task_id, items.job, items.state, strict=True)
+                if task_id in fresh
+            )
         for (job, state), count in outcomes.items():
-            metrics.ITEMS_PROCESSED.labels(job, state).inc(count)
+            if state != "pending":
+                metrics.ITEMS_PROCESSED.labels(job, state).inc(count)
         log.debug("recorded %d request(s)", len(fresh), extra={"count": len(fresh)})
         return fresh, finished
 
