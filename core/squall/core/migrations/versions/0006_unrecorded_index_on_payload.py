@@ -15,7 +15,8 @@ no statement that looks rows up by key filters on it, so those take the unique i
 The index carries item_count, so the items waiting in unrecorded requests (part of the backlog the
 gateway's admission control bounds) are summed from the index alone.
 
-Built concurrently: writes go on while a large table is indexed.
+Built concurrently: writes go on while a large table is indexed. A build that failed (it leaves an invalid
+index) is dropped and done again when the migration is run again.
 """
 
 from collections.abc import Sequence
@@ -29,8 +30,22 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+def _drop_if_invalid(name: str) -> None:
+    """A concurrent build that failed leaves an invalid index behind, which IF NOT EXISTS would keep."""
+    op.execute(
+        f"""
+        DO $$ BEGIN
+            IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('{name}') AND NOT indisvalid) THEN
+                EXECUTE 'DROP INDEX {name}';
+            END IF;
+        END $$
+        """
+    )
+
+
 def upgrade() -> None:
     with op.get_context().autocommit_block():
+        _drop_if_invalid("requests_awaiting_record")
         op.create_index(
             "requests_awaiting_record",
             "requests",
@@ -47,6 +62,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.get_context().autocommit_block():
+        _drop_if_invalid("requests_unrecorded")
         op.create_index(
             "requests_unrecorded",
             "requests",
