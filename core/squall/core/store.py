@@ -314,10 +314,14 @@ _READ_STATS = text(
     SELECT counter, processing, CAST(sum(n) AS bigint) AS n FROM (
         SELECT counter, processing, n FROM stat_totals
         UNION ALL SELECT counter, processing, n FROM stat_deltas
-        -- A request keeps its payload until it is recorded: the predicate of requests_awaiting_record.
-        UNION ALL SELECT 'requests_unrecorded', '', count(*) FROM requests WHERE payload IS NOT NULL
-        UNION ALL SELECT 'items_unrecorded', '', coalesce(sum(item_count), 0) FROM requests
-                  WHERE payload IS NOT NULL
+        -- A request keeps its payload until it is recorded: the predicate of requests_awaiting_record,
+        -- which carries item_count, so one index-only scan gives both counts.
+        UNION ALL SELECT u.counter, '', u.n FROM (
+            SELECT count(*) AS requests, coalesce(sum(item_count), 0) AS items FROM requests
+            WHERE payload IS NOT NULL
+        ) AS unrecorded CROSS JOIN LATERAL (
+            VALUES ('requests_unrecorded', unrecorded.requests), ('items_unrecorded', unrecorded.items)
+        ) AS u(counter, n)
         -- A dead request task (its immediate items failed at recording) counts under its items' processing.
         UNION ALL SELECT 'tasks_dead', coalesce(t.processing, (SELECT i.job FROM items i
                                                               WHERE i.request_task_id = t.id
