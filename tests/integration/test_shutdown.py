@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -107,5 +108,31 @@ async def test_gateway_sigterm_reports_not_ready_then_exits_zero(settings: Setti
             accepted = await client.post("/v1/requests", json={"items": [{"number": 1, "job": "sum"}]})
             assert accepted.status_code == 202
         assert await asyncio.to_thread(gateway.wait, 30) == 0
+    finally:
+        services.stop_all()
+
+
+@pytest.mark.parametrize("role", ["gateway", "processor", "scheduler"])
+def test_sigterm_while_nats_is_unreachable_ends_the_wait_for_it(
+    settings: Settings, tmp_path: Path, role: str
+) -> None:
+    # Nothing listens there: the first connection is retried for 60 s (the default window) unless stopped.
+    services = ServiceProcesses(
+        settings,
+        tmp_path,
+        SQUALL_NATS_URL=f"nats://127.0.0.1:{free_port()}",
+        SQUALL_GATEWAY__PORT=str(free_port()),
+        SQUALL_AUTH__REQUIRED="false",
+    )
+    process = services.start(role, role)
+    log = tmp_path / f"{role}.log"
+    try:
+        deadline = time.monotonic() + 30
+        while b"connecting to NATS" not in log.read_bytes():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0, log.read_text()
+        assert "stopped before NATS answered" in log.read_text()
     finally:
         services.stop_all()

@@ -24,6 +24,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError
 
 from squall.core import events
+from squall.core.aio import cancel_and_wait
 from squall.core.settings import NatsSettings, Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,16 @@ class NatsUnavailable(Exception):
     """The first connection failed within the retry window, or the server refused our credentials."""
 
 
-async def connect(settings: Settings, name: str) -> Client:
+class StoppedWhileConnecting(Exception):
+    """The service was told to stop (SIGTERM) before its first connection succeeded."""
+
+
+async def connect(settings: Settings, name: str, stop: asyncio.Event | None = None) -> Client:
     """Connect, retrying for ``connect_retry_seconds`` at start and reconnecting forever afterwards.
 
     nats-py retries a first connection forever when reconnects are unlimited, whatever the error, so the
-    window is enforced here; refused credentials end it at once (they will not fix themselves).
+    window is enforced here; refused credentials end it at once (they will not fix themselves), and so
+    does ``stop`` (a service told to stop does not wait out the window).
     """
     nc = Client()
     refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
@@ -77,16 +83,21 @@ async def connect(settings: Settings, name: str) -> Client:
         **auth_options(settings.nats),
     }
     connecting: asyncio.Future[Any] = asyncio.ensure_future(nc.connect(**options))
+    stopping: asyncio.Future[Any] = asyncio.ensure_future((stop or asyncio.Event()).wait())
     window = max(settings.nats.connect_retry_seconds, settings.nats.connect_timeout_seconds)
-    waiting: set[asyncio.Future[Any]] = {connecting, refused}
-    await asyncio.wait(waiting, timeout=window, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait(
+            {connecting, refused, stopping}, timeout=window, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        stopping.cancel()
     if connecting.done() and connecting.exception() is None:
         return nc
-    connecting.cancel()
-    with contextlib.suppress(BaseException):
-        await connecting
+    await cancel_and_wait([connecting])
     with contextlib.suppress(Exception):
         await nc.close()
+    if stop is not None and stop.is_set():
+        raise StoppedWhileConnecting("stopped before NATS answered")
     if refused.done():
         raise NatsUnavailable(f"NATS refused the credentials: {refused.result()}")
     if connecting.done() and not connecting.cancelled() and connecting.exception() is not None:

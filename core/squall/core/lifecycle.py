@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from squall.core import broker, otel
+from squall.core.aio import cancel_and_wait
 from squall.core.auth import TokensFileError
 from squall.core.db import create_engine
 from squall.core.logs import configure_logging
@@ -28,6 +29,9 @@ from squall.core.processings import Registry, load_registry
 from squall.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# How long the tasks left at exit get to end once cancelled.
+LEFTOVER_TASKS_SECONDS = 10.0
 
 ServiceMain = Callable[[Settings, asyncio.Event, AsyncExitStack], Awaitable[None]]
 
@@ -43,15 +47,15 @@ class Resources:
 
 
 async def open_resources(
-    settings: Settings, service: str, stack: AsyncExitStack, pool_size: int | None = None
+    settings: Settings, service: str, stack: AsyncExitStack, stop: asyncio.Event, pool_size: int | None = None
 ) -> Resources:
     """Load the processings, open the database pool and the NATS connection, and make sure the streams
-    exist. On exit the stack drains NATS, then disposes of the pool."""
+    exist. On exit the stack drains NATS, then disposes of the pool. ``stop`` ends the wait for NATS."""
     registry = load_registry(settings)
     name = instance_id(settings, service)
     engine = create_engine(settings, pool_size=pool_size)
     stack.push_async_callback(engine.dispose)
-    nc = await broker.connect(settings, name)
+    nc = await broker.connect(settings, name, stop)
     stack.push_async_callback(nc.drain)
     await broker.ensure_streams(nc.jetstream(), settings)
     return Resources(name, registry, engine, nc)
@@ -66,9 +70,27 @@ async def _run(service: str, settings: Settings, main: ServiceMain) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with AsyncExitStack() as stack:
-        await main(settings, stop, stack)
+    try:
+        async with AsyncExitStack() as stack:
+            await main(settings, stop, stack)
+    finally:
+        await _end_leftover_tasks(service)
     log.info("%s stopped", service)
+
+
+async def _end_leftover_tasks(service: str) -> None:
+    """End what the service's resources left running (a library's reconnect loop, say).
+
+    asyncio.run cancels leftovers once and then waits for them forever; one that swallowed its cancellation
+    would keep the process alive after SIGTERM. Cancelled again here, within a bound; past it, the process
+    names them and exits hard, as Kubernetes would SIGKILL it anyway.
+    """
+    leftovers = asyncio.all_tasks() - {asyncio.current_task()}
+    stuck = await cancel_and_wait(leftovers, give_up_after=LEFTOVER_TASKS_SECONDS)
+    if stuck:
+        log.error("%s: %d task(s) ignored cancellation, exiting now: %s", service, len(stuck), stuck)
+        logging.shutdown()
+        os._exit(1)
 
 
 def run_service(service: str, settings: Settings, main: ServiceMain) -> None:
@@ -83,6 +105,8 @@ def run_service(service: str, settings: Settings, main: ServiceMain) -> None:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_run(service, settings, main))
+    except broker.StoppedWhileConnecting:
+        log.info("%s stopped before NATS answered", service)
     except (broker.NatsUnavailable, TokensFileError) as exc:  # one clear line, not a traceback
         log.error("%s: %s", service, exc)
         raise SystemExit(1) from None

@@ -404,7 +404,7 @@ def make_server(app: GatewayApp) -> tornado.httpserver.HTTPServer:
 
 async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -> None:
     """``squall gateway``."""
-    res = await open_resources(settings, "gateway", stack)
+    res = await open_resources(settings, "gateway", stack, stop)
     app = GatewayApp(settings, res.registry, res.engine, res.nc)
     server = make_server(app)
     server.listen(settings.gateway.port, settings.gateway.host, reuse_port=settings.gateway.reuse_port)

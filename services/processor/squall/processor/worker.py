@@ -519,7 +519,7 @@ async def _keep_in_progress(msg: Msg, ack_wait: float):  # type: ignore[no-untyp
 
 async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -> None:
     """``squall processor``."""
-    res = await open_resources(settings, "processor", stack)
+    res = await open_resources(settings, "processor", stack, stop)
     longest = max((p.timeout_seconds for p in res.registry.values()), default=0.0)
     if longest >= settings.processor.stall_seconds:
         log.warning(

@@ -238,7 +238,7 @@ class Scheduler:
 
 async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -> None:
     """``squall scheduler``."""
-    res = await open_resources(settings, "scheduler", stack, pool_size=3)
+    res = await open_resources(settings, "scheduler", stack, stop, pool_size=3)
     scheduler = Scheduler(settings, res.registry, res.engine, res.nc, res.name)
     ops = start_ops_server(settings.scheduler.http_port, scheduler.problems, settings.scheduler.http_host)
     stack.callback(ops.stop)
