@@ -30,6 +30,28 @@ async def slow_record(numbers: list[int]) -> list[int]:
     return [n + 1 for n in numbers]
 
 
+@processing(name="record_locked", mode="batch", batch_size=100, claim="lock")
+async def record_locked(numbers: list[int]) -> list[int]:
+    """``record`` with its items held by row locks instead of leases."""
+    await asyncio.sleep(0.01)
+    RECORDED.extend(numbers)
+    return [n + 1 for n in numbers]
+
+
+@processing(name="slow_locked", mode="batch", batch_size=25, timeout_seconds=30, claim="lock")
+async def slow_locked(numbers: list[int]) -> list[int]:
+    """``slow_record`` under row locks; logs ``-n`` when it starts on n, ``n`` when it is done."""
+    path = os.environ.get(EFFECT_LOG_ENV)
+    if path:
+        with open(path, "a") as log:
+            log.write("".join(f"-{n}\n" for n in numbers))
+    await asyncio.sleep(1.5)
+    if path:
+        with open(path, "a") as log:
+            log.write("".join(f"{n}\n" for n in numbers))
+    return [n + 1 for n in numbers]
+
+
 FLAKY_CALLS: list[list[int]] = []
 
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import httpx
 import nats
+import pytest
 from prometheus_client import REGISTRY
 
 from squall.core import broker, events, store
@@ -22,8 +23,9 @@ from tests.integration.harness import System, make_settings, plain_dsn, wait_for
 MODULE = "tests.integration.effect_processings"
 
 
+@pytest.mark.parametrize("job", ["record", "record_locked"])
 async def test_two_processors_drain_one_backlog_once(
-    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]], job: str
 ) -> None:
     effect_processings.RECORDED.clear()
     settings = make_settings(nats_url, database_url, processing_modules=[MODULE])
@@ -34,7 +36,7 @@ async def test_two_processors_drain_one_backlog_once(
             system.submit(
                 {
                     "rid": f"r{r}",
-                    "items": [{"number": r * 1000 + i, "job": "record"} for i in range(per_request)],
+                    "items": [{"number": r * 1000 + i, "job": job} for i in range(per_request)],
                 }
             )
             for r in range(requests)
@@ -47,7 +49,7 @@ async def test_two_processors_drain_one_backlog_once(
 
     await wait_for(recorded, what="all items recorded")
     # Many more poll tasks than needed, published at once: processors race for the same items.
-    await asyncio.gather(*(system.publish_poll("record", batch_size=100) for _ in range(40)))
+    await asyncio.gather(*(system.publish_poll(job, batch_size=100) for _ in range(40)))
 
     async def all_processed() -> bool:
         return await system.fetchval("SELECT count(*) FROM requests WHERE processed") == requests

@@ -77,3 +77,59 @@ async def test_sigkill_mid_batch_then_restart(
     # The killed batches were recomputed (attempts > 1) but written once: one row, one result each.
     assert await system.fetchval("SELECT count(*) FROM items WHERE attempts > 1") > 0
     assert await system.fetchval("SELECT count(*) FROM tasks WHERE state = 'running'") == 0
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_locked_batch_hands_the_items_back_at_once(
+    nats_url: str,
+    database_url: str,
+    system_factory: Callable[..., Awaitable[System]],
+    processes: ProcessorProcesses,
+    tmp_path: Path,
+) -> None:
+    """Items held by row locks are never marked running: killing their processor ends its transaction,
+    and they are pending again at once, the interrupted attempt not counted (a "lock" processing is one
+    that cannot be what killed the processor)."""
+    settings = make_settings(nats_url, database_url, processing_modules=[MODULE])
+    system = await system_factory(settings, processors=1)
+    numbers = list(range(50))
+    await system.submit({"rid": "locked", "items": [{"number": n, "job": "slow_locked"} for n in numbers]})
+
+    async def recorded() -> bool:
+        return await system.fetchval("SELECT count(*) FROM items") == len(numbers)
+
+    await wait_for(recorded, what="items recorded")
+    await system.stop_processors()
+    effects = tmp_path / "effects.log"
+    victim = processes.start("victim")
+    await system.publish_poll("slow_locked", batch_size=25)
+
+    async def started() -> bool:
+        return effects.exists() and effects.read_text().startswith("-")
+
+    await wait_for(started, timeout=30, what="a locked batch being computed")
+    assert await system.fetchval("SELECT count(*) FROM items WHERE state <> 'pending'") == 0
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    lines = effects.read_text().split()
+    assert lines and all(line.startswith("-") for line in lines)  # killed before any result
+    rows = await system.fetch("SELECT state, attempts, claim_task_id FROM items")
+    assert all(r["state"] == "pending" and r["attempts"] == 0 and r["claim_task_id"] is None for r in rows)
+
+    processes.start("survivor")
+    for _ in range(2):
+        await system.publish_poll("slow_locked", batch_size=25)
+
+    async def processed() -> bool:
+        return bool(await system.fetchval("SELECT processed FROM requests WHERE rid = 'locked'"))
+
+    await wait_for(processed, timeout=60, interval=0.25, what="the request processed by the survivor")
+    rows = await system.fetch("SELECT number, state, result, attempts, lease_until FROM items")
+    assert sorted(r["number"] for r in rows) == numbers
+    for row in rows:
+        assert (row["state"], row["result"], row["attempts"], row["lease_until"]) == (
+            "done",
+            str(row["number"] + 1),
+            1,
+            None,
+        )

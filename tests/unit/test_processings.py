@@ -86,6 +86,7 @@ def test_needs_exactly_one_of_function_or_command() -> None:
         {"timeout_seconds": 0},
         {"timeout_seconds": -1.0},
         {"max_attempts": 0},
+        {"claim": "grab"},
     ],
 )
 def test_bad_parameters_rejected(changes: dict[str, Any]) -> None:
@@ -101,7 +102,7 @@ def test_decorator_builds_a_processing() -> None:
     assert isinstance(cube, Processing)
     assert (cube.name, cube.mode, cube.batch_size, cube.interval_seconds) == ("cube", "immediate", 5, 3.0)
     assert cube.dependencies == ("sum",)
-    assert (cube.timeout_seconds, cube.max_attempts, cube.blocking) == (60.0, 3, True)
+    assert (cube.timeout_seconds, cube.max_attempts, cube.blocking, cube.claim) == (60.0, 3, True, "lease")
     with pytest.raises(dataclasses.FrozenInstanceError):
         cube.mode = "batch"  # type: ignore[misc]
 
@@ -391,6 +392,12 @@ def test_load_registry_has_the_builtins() -> None:
     registry = load_registry(load_settings())
     assert set(registry) == BUILTIN_NAMES
     assert registry["sum"].mode == "batch"
+    # Pure arithmetic holds its items by row locks; a command may crash or stall: leases.
+    assert (registry["sum"].claim, registry["mul"].claim, registry["square"].claim) == (
+        "lock",
+        "lock",
+        "lease",
+    )
 
 
 @pytest.mark.usefixtures("repo_on_path")
@@ -421,13 +428,16 @@ def test_load_registry_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_load_registry_applies_overrides() -> None:
     settings = load_settings(
         processing_modules=[SAMPLE],
-        processings={"sample_cube": {"mode": "immediate", "batch_size": 7}, "sum": {"timeout_seconds": 2}},
+        processings={
+            "sample_cube": {"mode": "immediate", "batch_size": 7},
+            "sum": {"timeout_seconds": 2, "claim": "lease"},
+        },
     )
     registry = load_registry(settings)
     cube = registry["sample_cube"]
     assert (cube.mode, cube.batch_size) == ("immediate", 7)
     assert cube.timeout_seconds == 12.0  # not overridden: kept from the registration
-    assert registry["sum"].timeout_seconds == 2
+    assert (registry["sum"].timeout_seconds, registry["sum"].claim) == (2, "lease")
     assert registry["sum"].mode == "batch"
     assert registry["mul"].timeout_seconds == 60.0
 

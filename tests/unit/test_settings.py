@@ -61,10 +61,11 @@ def test_environment_variable_names_are_case_insensitive(monkeypatch: pytest.Mon
 def test_processing_override_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SQUALL_PROCESSINGS__SUM__MODE", "immediate")
     monkeypatch.setenv("SQUALL_PROCESSINGS__MUL__BATCH_SIZE", "7")
+    monkeypatch.setenv("SQUALL_PROCESSINGS__MUL__CLAIM", "lease")
     settings = load_settings()
     assert settings.processings == {
         "sum": ProcessingOverride(mode="immediate"),
-        "mul": ProcessingOverride(batch_size=7),
+        "mul": ProcessingOverride(batch_size=7, claim="lease"),
     }
     assert settings.processings["sum"].batch_size is None
 
@@ -102,6 +103,7 @@ def test_keyword_overrides() -> None:
         ("SQUALL_PROCESSOR__ACK_WAIT_SECONDS", "0"),
         ("SQUALL_PROCESSINGS__SUM__MODE", "fast"),
         ("SQUALL_PROCESSINGS__SUM__BATCH_SIZE", "0"),
+        ("SQUALL_PROCESSINGS__SUM__CLAIM", "grab"),
     ],
 )
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:

@@ -7,13 +7,14 @@ import sys
 from squall.core.processings import Processing, processing
 
 
-@processing(name="sum", mode="batch", batch_size=1000, blocking=False)
+# Pure arithmetic that cannot crash the processor: its items are held by row locks (written once).
+@processing(name="sum", mode="batch", batch_size=1000, blocking=False, claim="lock")
 def add_two(numbers: list[int]) -> list[int]:
     """The original ``sum`` job: n + 2."""
     return [n + 2 for n in numbers]
 
 
-@processing(name="mul", mode="batch", batch_size=1000, blocking=False)
+@processing(name="mul", mode="batch", batch_size=1000, blocking=False, claim="lock")
 def times_two(numbers: list[int]) -> list[int]:
     """The original ``mul`` job: n * 2."""
     return [n * 2 for n in numbers]

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "squall.processings"
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,62}")
 Mode = Literal["batch", "immediate"]
+Claim = Literal["lease", "lock"]
 BatchFunction = Callable[[list[int]], "list[Any] | Awaitable[list[Any]]"]
 
 # Only these variables reach an external command: no credentials or settings of Squall leak into it.
@@ -92,6 +93,12 @@ class Processing:
     # Run a sync function in a worker thread (default). Only trivially cheap functions should set False.
     blocking: bool = True
     dependencies: tuple[str, ...] = field(default_factory=tuple)
+    # How a poll task holds its items while they are computed. "lease": marked running under a lease and
+    # committed first, so an item whose processing kills the processor is still counted an attempt (and
+    # failed after max_attempts). "lock": row locks in one transaction with the result, one write per item
+    # instead of two, handed back at once if the processor dies; only for functions that cannot crash or
+    # stall the processor, which then never repeats an attempt the crash interrupted.
+    claim: Claim = "lease"
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.fullmatch(self.name):
@@ -100,6 +107,8 @@ class Processing:
             raise ValueError(f"processing {self.name!r} needs exactly one of function or command")
         if self.mode not in ("batch", "immediate"):
             raise ValueError(f"processing {self.name!r}: mode must be batch or immediate")
+        if self.claim not in ("lease", "lock"):
+            raise ValueError(f"processing {self.name!r}: claim must be lease or lock")
         if self.batch_size < 1 or self.timeout_seconds <= 0 or self.max_attempts < 1:
             raise ValueError(
                 f"processing {self.name!r}: batch_size, timeout_seconds and max_attempts must be positive"
@@ -153,6 +162,7 @@ def processing(
     interval_seconds: float | None = None,
     blocking: bool = True,
     dependencies: Iterable[str] = (),
+    claim: Claim = "lease",
 ) -> Callable[[BatchFunction], Processing]:
     """Decorator turning a batch function into a :class:`Processing`."""
 
@@ -169,6 +179,7 @@ def processing(
             interval_seconds=interval_seconds,
             blocking=blocking,
             dependencies=tuple(dependencies),
+            claim=claim,
         )
 
     return wrap

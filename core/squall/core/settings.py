@@ -243,6 +243,9 @@ class ProcessingOverride(BaseModel):
     batch_size: int | None = Field(None, ge=1, le=100_000)
     timeout_seconds: float | None = Field(None, gt=0, le=86_400)
     interval_seconds: float | None = Field(None, gt=0, le=86_400)
+    claim: Literal["lease", "lock"] | None = Field(
+        None, description="How a poll task holds the items it computes: lease (two writes) or lock (one)."
+    )
     dependencies: list[str] | None = Field(
         None, description="Dependencies it needs (replaces the registration's)."
     )

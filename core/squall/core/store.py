@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from squall.core.events import Item, ItemFields, RequestSubmitted
@@ -628,28 +628,30 @@ async def start_poll_task(
     return row is not None
 
 
+# The items a poll task may take: pending ones past their retry delay, those still running under this task
+# (a redelivered task) and those whose lease expired (their processor died), oldest first.
+_TAKE_ITEMS = """
+    SELECT {columns} FROM items
+    WHERE job = :job
+      AND ((state = 'pending' AND (not_before IS NULL OR not_before <= now()))
+           OR (state = 'running' AND (lease_until < now() OR claim_task_id = :task)))
+    ORDER BY created_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+"""
+
+
 async def claim_items(
     conn: AsyncConnection, processing: str, task_id: uuid.UUID, limit: int, lease_seconds: float
 ) -> list[ClaimedItem]:
-    """Claim up to ``limit`` pending items; no two transactions can claim the same item (SKIP LOCKED).
-
-    An item still running under this task (a redelivered task) or whose lease expired (its processor
-    died) is claimable again.
-    """
+    """Claim up to ``limit`` items under a lease (marked running, committed by the caller): no two
+    transactions can claim the same item (SKIP LOCKED)."""
     rows = await conn.execute(
         text(
-            """
+            f"""
             UPDATE items SET state = 'running', attempts = items.attempts + 1, claim_task_id = :task,
                              lease_until = now() + make_interval(secs => :lease), updated_at = now()
-            WHERE (request_task_id, position) IN (
-                SELECT request_task_id, position FROM items
-                WHERE job = :job
-                  AND ((state = 'pending' AND (not_before IS NULL OR not_before <= now()))
-                       OR (state = 'running' AND (lease_until < now() OR claim_task_id = :task)))
-                ORDER BY created_at
-                LIMIT :limit
-                FOR UPDATE SKIP LOCKED
-            )
+            WHERE (request_task_id, position) IN ({_TAKE_ITEMS.format(columns="request_task_id, position")})
             RETURNING request_task_id, position, number, attempts
             """
         ),
@@ -658,8 +660,22 @@ async def claim_items(
     return [ClaimedItem(r.request_task_id, r.position, r.number, r.attempts) for r in rows]
 
 
-_WRITE_RESULTS = text(
-    """
+async def lock_items(
+    conn: AsyncConnection, processing: str, task_id: uuid.UUID, limit: int
+) -> list[ClaimedItem]:
+    """Take up to ``limit`` items by row locks held until the caller's transaction ends: nothing is
+    written until their outcomes are (``write_results(..., locked=True)``, same transaction). Their
+    ``attempts`` is the attempt about to run."""
+    rows = await conn.execute(
+        text(_TAKE_ITEMS.format(columns="request_task_id, position, number, attempts + 1 AS attempts")),
+        {"task": task_id, "job": processing, "limit": limit},
+    )
+    return [ClaimedItem(r.request_task_id, r.position, r.number, r.attempts) for r in rows]
+
+
+def _write_results_statement(owned: str, attempts: str) -> TextClause:
+    return text(
+        f"""
     WITH doc AS (
         SELECT CAST(:outcomes AS jsonb) AS d
     ), v AS (
@@ -672,10 +688,11 @@ _WRITE_RESULTS = text(
         ) AS v(t, p, s, r, e, d)
     ), written AS (
         UPDATE items SET state = v.s, result = v.r, error = v.e, lease_until = NULL,
-                         not_before = now() + make_interval(secs => v.d), updated_at = now()
+                         not_before = now() + make_interval(secs => v.d), updated_at = now(),
+                         attempts = {attempts}, claim_task_id = :task
         FROM v
         WHERE items.request_task_id = v.t AND items.position = v.p
-          AND items.claim_task_id = :task AND items.state = 'running'
+          AND {owned}
         RETURNING items.request_task_id, items.job, items.state
     ), counted AS (
         INSERT INTO stat_deltas (counter, processing, n)
@@ -684,13 +701,25 @@ _WRITE_RESULTS = text(
     )
     SELECT request_task_id FROM written
     """
+    )
+
+
+# Leased items are written only where this task still owns them; locked ones are owned by the transaction.
+_WRITE_LEASED = _write_results_statement(
+    "items.claim_task_id = :task AND items.state = 'running'", "items.attempts"
 )
+_WRITE_LOCKED = _write_results_statement("true", "items.attempts + 1")
 
 
 async def write_results(
-    conn: AsyncConnection, task_id: uuid.UUID, claimed: Sequence[ClaimedItem], outcomes: Sequence[Outcome]
+    conn: AsyncConnection,
+    task_id: uuid.UUID,
+    claimed: Sequence[ClaimedItem],
+    outcomes: Sequence[Outcome],
+    locked: bool = False,
 ) -> set[uuid.UUID]:
-    """Write the outcome of claimed items, only where this task still owns them: one effect per item.
+    """Write the outcome of claimed items, only where this task still owns them: one effect per item
+    (``locked``: taken by :func:`lock_items` in this transaction, which counts their attempt now).
     An item put back to pending waits its delay (seconds) before it may be claimed again. The outcomes go
     as one JSON document (see :meth:`NewItems.as_json`)."""
     states, results, errors, delays = zip(*outcomes, strict=True) if outcomes else ((), (), (), ())
@@ -705,7 +734,8 @@ async def write_results(
         },
         default=str,  # the driver's own UUID type (claimed rows' ids), which orjson does not know
     ).decode()
-    rows = await conn.execute(_WRITE_RESULTS, {"task": task_id, "outcomes": document})
+    statement = _WRITE_LOCKED if locked else _WRITE_LEASED
+    rows = await conn.execute(statement, {"task": task_id, "outcomes": document})
     return {r.request_task_id for r in rows}
 
 

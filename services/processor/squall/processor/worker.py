@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from squall.core import events, metrics, otel, store, tracing
 from squall.core.http import start_ops_server
@@ -311,49 +311,25 @@ class Processor:
 
     async def run_poll_task(self, task: events.PollTask) -> None:
         started = time.perf_counter()
-        ctx = {"task_id": str(task.task_id), "processing": task.processing}
         proc = self.registry.get(task.processing)
-        async with self.engine.begin() as conn:
-            await store.plan_as_a_queue(conn)
-            if not await store.start_poll_task(conn, task.task_id, task.processing, task.batch_size):
-                log.info("poll task already finished; skipping the redelivery", extra=ctx)
+        if proc is not None and proc.claim == "lock":
+            # One transaction: the items are held by row locks while they are computed, and written once.
+            async with self.engine.begin() as conn:
+                claimed = await self._start_poll(conn, task, proc)
+                if claimed is None:
+                    return
+                outcomes, batch_error = await self._compute(proc, claimed)
+                state = await self._finish_poll(conn, task, claimed, outcomes, batch_error, locked=True)
+        else:
+            # Claimed under a lease and committed, computed, then written in a second transaction.
+            async with self.engine.begin() as conn:
+                claimed = await self._start_poll(conn, task, proc)
+            if claimed is None:
                 return
-            if proc is None:
-                await store.finish_poll_task(
-                    conn, task.task_id, "failed", 0, f"unknown processing {task.processing!r}"
-                )
-                metrics.TASKS.labels("poll", "", "failed").inc()
-                return
-            held = await store.gate(conn, task.processing, proc.dependencies)
-            if held:
-                # Hand the batch back untouched: no item claimed, no attempt counted; the scheduler
-                # emits new ticks once the processing may run again.
-                await store.finish_poll_task(conn, task.task_id, "succeeded", 0, f"handed back: {held}")
-                metrics.TASKS.labels("poll", task.processing, "handed_back").inc()
-                log.info("handed back: %s", held, extra=ctx)
-                return
-            claimed = await store.claim_items(
-                conn, task.processing, task.task_id, task.batch_size, self.settings.processor.lease_seconds
-            )
-        outcomes: list[Outcome] = []
-        batch_error = None
-        if claimed:
-            outcomes, batch_error = await run_batch(
-                proc, [c.number for c in claimed], attempts=[c.attempts for c in claimed]
-            )
-        async with self.engine.begin() as conn:
-            await store.plan_as_a_queue(conn)
-            touched: set[uuid.UUID] = set()
-            if claimed:
-                touched = await store.write_results(conn, task.task_id, claimed, outcomes)
-                finished = await store.mark_processed(conn, touched)
-                for _, seconds in finished:
-                    metrics.REQUEST_END_TO_END.labels(task.processing).observe(seconds)
-            state = "succeeded"
-            if batch_error:
-                # Dead: no attempt left (or a permanent error); an operator may replay it.
-                state = "failed" if any(o[0] == "pending" for o in outcomes) else "dead"
-            await store.finish_poll_task(conn, task.task_id, state, len(claimed), batch_error)
+            assert proc is not None
+            outcomes, batch_error = await self._compute(proc, claimed)
+            async with self.engine.begin() as conn:
+                state = await self._finish_poll(conn, task, claimed, outcomes, batch_error)
         if otel.tracer is not None:
             otel.annotate({"squall.state": state, "squall.items": len(claimed)}, batch_error)
         metrics.TASKS.labels("poll", task.processing, state).inc()
@@ -362,7 +338,72 @@ class Processor:
             state = outcome[0]
             metrics.ITEMS_PROCESSED.labels(task.processing, state if state != "pending" else "retried").inc()
         if claimed:
-            log.info("processed %d item(s)", len(claimed), extra={**ctx, "count": len(claimed)})
+            log.info(
+                "processed %d item(s)",
+                len(claimed),
+                extra={"task_id": str(task.task_id), "processing": task.processing, "count": len(claimed)},
+            )
+
+    async def _start_poll(
+        self, conn: AsyncConnection, task: events.PollTask, proc: Processing | None
+    ) -> list[store.ClaimedItem] | None:
+        """Record the poll task and claim its items; None when there is nothing to run (a redelivery of a
+        finished task, an unknown processing, or one held back by its dependencies)."""
+        ctx = {"task_id": str(task.task_id), "processing": task.processing}
+        await store.plan_as_a_queue(conn)
+        if not await store.start_poll_task(conn, task.task_id, task.processing, task.batch_size):
+            log.info("poll task already finished; skipping the redelivery", extra=ctx)
+            return None
+        if proc is None:
+            await store.finish_poll_task(
+                conn, task.task_id, "failed", 0, f"unknown processing {task.processing!r}"
+            )
+            metrics.TASKS.labels("poll", "", "failed").inc()
+            return None
+        held = await store.gate(conn, task.processing, proc.dependencies)
+        if held:
+            # Hand the batch back untouched: no item claimed, no attempt counted; the scheduler
+            # emits new ticks once the processing may run again.
+            await store.finish_poll_task(conn, task.task_id, "succeeded", 0, f"handed back: {held}")
+            metrics.TASKS.labels("poll", task.processing, "handed_back").inc()
+            log.info("handed back: %s", held, extra=ctx)
+            return None
+        if proc.claim == "lock":
+            return await store.lock_items(conn, task.processing, task.task_id, task.batch_size)
+        return await store.claim_items(
+            conn, task.processing, task.task_id, task.batch_size, self.settings.processor.lease_seconds
+        )
+
+    @staticmethod
+    async def _compute(
+        proc: Processing, claimed: list[store.ClaimedItem]
+    ) -> tuple[list[Outcome], str | None]:
+        if not claimed:
+            return [], None
+        return await run_batch(proc, [c.number for c in claimed], attempts=[c.attempts for c in claimed])
+
+    async def _finish_poll(
+        self,
+        conn: AsyncConnection,
+        task: events.PollTask,
+        claimed: list[store.ClaimedItem],
+        outcomes: list[Outcome],
+        batch_error: str | None,
+        locked: bool = False,
+    ) -> str:
+        """Write the outcomes, mark the requests they complete, and record how the poll task ended."""
+        await store.plan_as_a_queue(conn)
+        if claimed:
+            touched = await store.write_results(conn, task.task_id, claimed, outcomes, locked)
+            finished = await store.mark_processed(conn, touched)
+            for _, seconds in finished:
+                metrics.REQUEST_END_TO_END.labels(task.processing).observe(seconds)
+        state = "succeeded"
+        if batch_error:
+            # Dead: no attempt left (or a permanent error); an operator may replay it.
+            state = "failed" if any(o[0] == "pending" for o in outcomes) else "dead"
+        await store.finish_poll_task(conn, task.task_id, state, len(claimed), batch_error)
+        return state
 
     # --- lost events --------------------------------------------------------------------------------------
 
