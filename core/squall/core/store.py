@@ -1182,12 +1182,11 @@ async def processing_settings(engine: AsyncEngine) -> dict[str, tuple[bool, list
         return {r.name: (r.paused, r.dependencies) for r in rows}
 
 
-async def claimable_counts(engine: AsyncEngine) -> dict[str, int]:
-    async with statements(engine) as conn:
-        rows = await conn.execute(
-            text(f"SELECT job, count(*) AS n FROM items WHERE {_CLAIMABLE} GROUP BY job")
-        )
-        return {r.job: int(r.n) for r in rows}
+async def pending_counts(engine: AsyncEngine) -> dict[str, int]:
+    """Items recorded and not done or failed yet, by processing (waiting, being processed or waiting out a
+    retry delay), from the transactional counters: counting the items themselves took 100 ms of
+    PostgreSQL per call with a backlog of 400,000, and the scheduler leader asks every second."""
+    return {name: counts["pending"] for name, counts in (await read_stats(engine)).items.items()}
 
 
 async def patch_processing(

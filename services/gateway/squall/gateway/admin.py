@@ -129,7 +129,7 @@ class SchedulersHandler(AdminHandler):
 async def _processings(handler: AdminHandler) -> dict[str, dict[str, Any]]:
     app = handler.app
     overrides = await store.processing_settings(app.engine)
-    pending = await store.claimable_counts(app.engine)
+    pending = await store.pending_counts(app.engine)
     views = {}
     for name in app.registry:
         proc = app.registry[name]

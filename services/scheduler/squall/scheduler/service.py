@@ -109,7 +109,7 @@ class Scheduler:
     async def _export_backlog(self) -> None:
         """``squall_processing_pending_items`` from the database: the leader exports it once a second."""
         try:
-            counts = await store.claimable_counts(self.engine)
+            counts = await store.pending_counts(self.engine)
         except Exception as exc:
             log.warning("reading the backlog failed: %s", exc)
             return
