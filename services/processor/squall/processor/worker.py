@@ -392,7 +392,8 @@ class Processor:
         locked: bool = False,
     ) -> str:
         """Write the outcomes, mark the requests they complete, and record how the poll task ended."""
-        await store.plan_as_a_queue(conn)
+        if not locked:  # a new transaction (the locked one was set up by _start_poll)
+            await store.plan_as_a_queue(conn)
         if claimed:
             touched = await store.write_results(conn, task.task_id, claimed, outcomes, locked)
             finished = await store.mark_processed(conn, touched)
