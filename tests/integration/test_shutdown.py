@@ -136,3 +136,52 @@ def test_sigterm_while_nats_is_unreachable_ends_the_wait_for_it(
         assert "stopped before NATS answered" in log.read_text()
     finally:
         services.stop_all()
+
+
+@pytest.mark.slow
+async def test_processor_sigterm_past_the_grace_hands_a_locked_batch_back(
+    nats_url: str,
+    database_url: str,
+    system_factory: Callable[..., Awaitable[System]],
+    tmp_path: Path,
+) -> None:
+    """A ``claim="lock"`` batch cut short by the end of the grace period is rolled back: its items are
+    pending, unattempted, and the next processor computes them once."""
+    settings = make_settings(nats_url, database_url, processing_modules=[MODULE])
+    system = await system_factory(settings, processors=1)
+    await system.submit({"rid": "locked", "items": [{"number": n, "job": "slow_locked"} for n in range(25)]})
+
+    async def recorded() -> bool:
+        return await system.fetchval("SELECT count(*) FROM items") == 25
+
+    await wait_for(recorded, what="items recorded")
+    await system.stop_processors()
+    effects = tmp_path / "effects.log"
+    processes = ProcessorProcesses(settings, effects, tmp_path)
+    try:
+        first = processes.start("first", SQUALL_PROCESSOR__SHUTDOWN_GRACE_SECONDS="0.3")
+        await system.publish_poll("slow_locked", batch_size=25)
+
+        async def computing() -> bool:
+            return effects.exists() and effects.read_text().startswith("-")
+
+        await wait_for(computing, timeout=30, what="a locked batch being computed")
+        first.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(first.wait, 30) == 0
+        assert all(line.startswith("-") for line in effects.read_text().split())  # cut short
+        rows = await system.fetch("SELECT state, attempts FROM items")
+        assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 0)] * 25
+
+        processes.start("second")
+        await system.publish_poll("slow_locked", batch_size=25)
+
+        async def processed() -> bool:
+            return bool(await system.fetchval("SELECT processed FROM requests WHERE rid = 'locked'"))
+
+        await wait_for(processed, timeout=60, interval=0.25, what="the request processed by the second")
+        rows = await system.fetch("SELECT number, state, result, attempts FROM items")
+        assert all(
+            (r["state"], r["result"], r["attempts"]) == ("done", str(r["number"] + 1), 1) for r in rows
+        )
+    finally:
+        processes.stop_all()
