@@ -64,7 +64,9 @@ DEPENDENCY_UP = Gauge(
     "squall_dependency_up", "1 while a dependency is up, 0 while down, -1 while unknown.", ["dependency"]
 )
 PROCESSING_PENDING = Gauge(
-    "squall_processing_pending_items", "Items waiting for a processing (claimable now).", ["processing"]
+    "squall_processing_pending_items",
+    "Items of a processing recorded and not done or failed yet.",
+    ["processing"],
 )
 
 # --- observability additions ----------------------------------------------------------------------------

@@ -1182,6 +1182,16 @@ async def processing_settings(engine: AsyncEngine) -> dict[str, tuple[bool, list
         return {r.name: (r.paused, r.dependencies) for r in rows}
 
 
+async def claimable_counts(engine: AsyncEngine) -> dict[str, int]:
+    """Items a poll task could take now, by processing: a count over the backlog, for an operator's view
+    (``GET /v1/processings``), not for anything polled every second (see :func:`pending_counts`)."""
+    async with statements(engine) as conn:
+        rows = await conn.execute(
+            text(f"SELECT job, count(*) AS n FROM items WHERE {_CLAIMABLE} GROUP BY job")
+        )
+        return {r.job: int(r.n) for r in rows}
+
+
 async def pending_counts(engine: AsyncEngine) -> dict[str, int]:
     """Items recorded and not done or failed yet, by processing (waiting, being processed or waiting out a
     retry delay), from the transactional counters: counting the items themselves took 100 ms of

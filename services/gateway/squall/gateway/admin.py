@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from squall.core import admin, checks, metrics, schedules, store
+from squall.core import admin, checks, schedules, store
 from squall.core.http import ApiError
 from squall.gateway import validation
 from squall.gateway.base import BaseHandler
@@ -129,7 +129,7 @@ class SchedulersHandler(AdminHandler):
 async def _processings(handler: AdminHandler) -> dict[str, dict[str, Any]]:
     app = handler.app
     overrides = await store.processing_settings(app.engine)
-    pending = await store.pending_counts(app.engine)
+    pending = await store.claimable_counts(app.engine)
     views = {}
     for name in app.registry:
         proc = app.registry[name]
@@ -146,7 +146,6 @@ async def _processings(handler: AdminHandler) -> dict[str, dict[str, Any]]:
             "paused": paused,
             "pending": pending.get(name, 0),
         }
-        metrics.PROCESSING_PENDING.labels(name).set(pending.get(name, 0))
     return views
 
 
