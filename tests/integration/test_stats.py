@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -203,3 +204,34 @@ async def test_stats_are_cached_and_one_query_serves_concurrent_callers(
     await asyncio.sleep(cache.max_age + 0.05)
     await cache.get()
     assert calls == 2
+
+
+async def test_the_leaders_pending_gauge_is_the_stats_pending(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    """``squall_processing_pending_items`` (scheduler leader) reads what ``/v1/stats`` calls pending:
+    recorded items not done or failed yet, whether waiting, leased or waiting out a retry delay."""
+    from prometheus_client import REGISTRY
+
+    settings = make_settings(nats_url, database_url, processing_modules=[MODULE])
+    system = await system_factory(settings, processors=1)
+    await system.submit({"rid": "g", "items": [{"number": n, "job": "record"} for n in range(30)]})
+
+    async def recorded() -> bool:
+        return await system.fetchval("SELECT count(*) FROM items") == 30
+
+    await wait_for(recorded, what="items recorded")
+    await system.stop_processors()
+    # A third of them leased by a poll task that never finishes: still pending.
+    async with system.engine.begin() as conn:
+        await store.claim_items(conn, "record", uuid.uuid4(), 10, lease_seconds=600)
+    scheduler = await system.start_scheduler()
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("squall_processing_pending_items", {"processing": "record"})
+
+    async def exported() -> bool:
+        return scheduler.leading and gauge() == 30
+
+    await wait_for(exported, timeout=10, what="the leader's gauge")
+    assert (await stats(system))["items"]["record"]["pending"] == 30
