@@ -628,13 +628,17 @@ async def start_poll_task(
     return row is not None
 
 
-# The items a poll task may take: pending ones past their retry delay, those still running under this task
-# (a redelivered task) and those whose lease expired (their processor died), oldest first.
-_TAKE_ITEMS = """
-    SELECT {columns} FROM items
-    WHERE job = :job
-      AND ((state = 'pending' AND (not_before IS NULL OR not_before <= now()))
-           OR (state = 'running' AND (lease_until < now() OR claim_task_id = :task)))
+# Items anyone may claim: pending ones past their retry delay, and running ones whose lease expired (their
+# processor died).
+_CLAIMABLE = (
+    "(state = 'pending' AND (not_before IS NULL OR not_before <= now())) "
+    "OR (state = 'running' AND lease_until < now())"
+)
+# The items a poll task takes, oldest first: the claimable ones, and those still running under this very
+# task (a redelivered task).
+_TAKE_ITEMS = f"""
+    SELECT {{columns}} FROM items
+    WHERE job = :job AND ({_CLAIMABLE} OR (state = 'running' AND claim_task_id = :task))
     ORDER BY created_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -1023,10 +1027,6 @@ async def record_poll_tasks(conn: AsyncConnection, tasks: Sequence[tuple[uuid.UU
     )
 
 
-_CLAIMABLE = (
-    "(state = 'pending' AND (not_before IS NULL OR not_before <= now())) "
-    "OR (state = 'running' AND lease_until < now())"
-)
 _POLL_NEED = text(
     f"""
     WITH queued AS (
