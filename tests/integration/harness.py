@@ -135,6 +135,16 @@ class System:
             await running.processor.nc.close()
         self.processors.clear()
 
+    async def stop_processors_once_recorded(self, items: int) -> None:
+        """Wait until ``items`` items are recorded, then stop the in-process processors: the items stay
+        pending for whatever runs their poll tasks next (OS processes, a scheduler, the test itself)."""
+
+        async def recorded() -> bool:
+            return await self.fetchval("SELECT count(*) FROM items") == items
+
+        await wait_for(recorded, what=f"{items} items recorded")
+        await self.stop_processors()
+
     async def start_scheduler(self, name: str = "scheduler-0") -> Scheduler:
         """A scheduler replica in this loop; it leads if no other does."""
         nc = await broker.connect(self.settings, name)

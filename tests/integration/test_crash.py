@@ -38,12 +38,7 @@ async def test_sigkill_mid_batch_then_restart(
                 "items": [{"number": r * 100 + i, "job": "slow_record"} for i in range(per_request)],
             }
         )
-
-    async def recorded() -> bool:
-        return await system.fetchval("SELECT count(*) FROM items") == requests * per_request
-
-    await wait_for(recorded, what="items recorded")
-    await system.stop_processors()  # from now on only the OS processes run tasks
+    await system.stop_processors_once_recorded(requests * per_request)  # then only OS processes run tasks
     for _ in range(5):
         await system.publish_poll("slow_record", batch_size=25)
 
@@ -94,12 +89,7 @@ async def test_sigkill_mid_locked_batch_hands_the_items_back_at_once(
     system = await system_factory(settings, processors=1)
     numbers = list(range(50))
     await system.submit({"rid": "locked", "items": [{"number": n, "job": "slow_locked"} for n in numbers]})
-
-    async def recorded() -> bool:
-        return await system.fetchval("SELECT count(*) FROM items") == len(numbers)
-
-    await wait_for(recorded, what="items recorded")
-    await system.stop_processors()
+    await system.stop_processors_once_recorded(len(numbers))
     effects = tmp_path / "effects.log"
     victim = processes.start("victim")
     await system.publish_poll("slow_locked", batch_size=25)

@@ -26,12 +26,7 @@ async def _backlog(system: System, requests: int = 4, per_request: int = 25) -> 
                 "items": [{"number": r * 100 + i, "job": "slow_record"} for i in range(per_request)],
             }
         )
-
-    async def recorded() -> bool:
-        return await system.fetchval("SELECT count(*) FROM items") == requests * per_request
-
-    await wait_for(recorded, what="items recorded")
-    await system.stop_processors()
+    await system.stop_processors_once_recorded(requests * per_request)
     for _ in range(requests):
         await system.publish_poll("slow_record", batch_size=25)
 
@@ -150,12 +145,7 @@ async def test_processor_sigterm_past_the_grace_hands_a_locked_batch_back(
     settings = make_settings(nats_url, database_url, processing_modules=[MODULE])
     system = await system_factory(settings, processors=1)
     await system.submit({"rid": "locked", "items": [{"number": n, "job": "slow_locked"} for n in range(25)]})
-
-    async def recorded() -> bool:
-        return await system.fetchval("SELECT count(*) FROM items") == 25
-
-    await wait_for(recorded, what="items recorded")
-    await system.stop_processors()
+    await system.stop_processors_once_recorded(25)
     effects = tmp_path / "effects.log"
     processes = ProcessorProcesses(settings, effects, tmp_path)
     try:

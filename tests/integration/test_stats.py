@@ -216,12 +216,7 @@ async def test_the_leaders_pending_gauge_is_the_stats_pending(
     settings = make_settings(nats_url, database_url, processing_modules=[MODULE])
     system = await system_factory(settings, processors=1)
     await system.submit({"rid": "g", "items": [{"number": n, "job": "record"} for n in range(30)]})
-
-    async def recorded() -> bool:
-        return await system.fetchval("SELECT count(*) FROM items") == 30
-
-    await wait_for(recorded, what="items recorded")
-    await system.stop_processors()
+    await system.stop_processors_once_recorded(30)
     # A third of them leased by a poll task that never finishes: still pending.
     async with system.engine.begin() as conn:
         await store.claim_items(conn, "record", uuid.uuid4(), 10, lease_seconds=600)
