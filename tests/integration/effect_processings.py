@@ -127,3 +127,17 @@ def refuse_once_now(numbers: list[int]) -> list[int]:
     if len(REFUSE_ONCE_NOW_CALLS) == 1:
         raise PermanentError("the price list is missing")
     return [n + 5 for n in numbers]
+
+
+FLAKY_LOCKED_CALLS: list[list[int]] = []
+
+
+@processing(
+    name="flaky_locked", mode="batch", batch_size=100, max_attempts=3, backoff_seconds=0.3, claim="lock"
+)
+def flaky_locked(numbers: list[int]) -> list[int]:
+    """``flaky`` under row locks: fails its first call (retryable), then works."""
+    FLAKY_LOCKED_CALLS.append(numbers)
+    if len(FLAKY_LOCKED_CALLS) == 1:
+        raise ConnectionError("the shared file system blinked")
+    return [n * 10 for n in numbers]

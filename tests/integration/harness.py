@@ -140,10 +140,18 @@ class System:
         pending for whatever runs their poll tasks next (OS processes, a scheduler, the test itself)."""
 
         async def recorded() -> bool:
-            return await self.fetchval("SELECT count(*) FROM items") == items
+            return await self.recorded_items() == items
 
         await wait_for(recorded, what=f"{items} items recorded")
         await self.stop_processors()
+
+    async def recorded_items(self) -> int:
+        """Items recorded by processors: rows of ``items`` and the items waiting in chunks."""
+        return int(
+            await self.fetchval(
+                "SELECT (SELECT count(*) FROM items) + (SELECT coalesce(sum(item_count), 0) FROM item_chunks)"
+            )
+        )
 
     async def start_scheduler(self, name: str = "scheduler-0") -> Scheduler:
         """A scheduler replica in this loop; it leads if no other does."""

@@ -45,7 +45,7 @@ async def test_two_processors_drain_one_backlog_once(
     total = requests * per_request
 
     async def recorded() -> bool:
-        return await system.fetchval("SELECT count(*) FROM items") == total
+        return await system.recorded_items() == total
 
     await wait_for(recorded, what="all items recorded")
     # Many more poll tasks than needed, published at once: processors race for the same items.
@@ -80,7 +80,7 @@ async def test_redelivered_request_event_records_items_once(system: System) -> N
 
     await wait_for(recorded, what="recorded")
     await asyncio.sleep(0.5)
-    assert await system.fetchval("SELECT count(*) FROM items") == 10
+    assert await system.recorded_items() == 10
     assert await system.fetchval("SELECT attempts FROM tasks WHERE kind = 'request'") == 1
 
 
@@ -105,7 +105,7 @@ async def test_duplicate_events_in_one_fetch_record_once(system: System) -> None
 
     await wait_for(recorded, what="recorded")
     await asyncio.sleep(0.5)
-    assert await system.fetchval("SELECT count(*) FROM items") == 5
+    assert await system.recorded_items() == 5
     # Recorded in the first attempt: the copies did not make the batch's transaction fail.
     after = REGISTRY.get_sample_value("squall_task_redeliveries_total", {"kind": "request"}) or 0.0
     assert after == redeliveries
@@ -274,4 +274,4 @@ async def test_immediate_items_are_counted_once_whatever_copies_of_their_event_a
 
     await wait_for(consumed, what="the late copy consumed")
     assert done() - before == 5
-    assert await system.fetchval("SELECT count(*) FROM items") == 5
+    assert await system.recorded_items() == 5

@@ -159,8 +159,9 @@ async def test_processor_sigterm_past_the_grace_hands_a_locked_batch_back(
         first.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(first.wait, 30) == 0
         assert all(line.startswith("-") for line in effects.read_text().split())  # cut short
-        rows = await system.fetch("SELECT state, attempts FROM items")
-        assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 0)] * 25
+        # Still waiting in their chunk (claim="lock"), unattempted: nothing was written.
+        assert await system.fetchval("SELECT count(*) FROM items") == 0
+        assert await system.fetchval("SELECT sum(item_count) FROM item_chunks") == 25
 
         processes.start("second")
         await system.publish_poll("slow_locked", batch_size=25)

@@ -36,7 +36,10 @@ async def scrape(system: System) -> dict[tuple[str, tuple[tuple[str, str], ...]]
 
 async def truth(system: System) -> dict[str, Any]:
     """The same totals counted the slow way, over every row."""
-    rows = await system.fetch("SELECT job, state, count(*) AS n FROM items GROUP BY job, state")
+    rows = await system.fetch(
+        "SELECT job, state, count(*) AS n FROM items GROUP BY job, state "
+        "UNION ALL SELECT job, 'pending', sum(item_count) FROM item_chunks GROUP BY job"
+    )
     items: dict[str, dict[str, int]] = {}
     for row in rows:
         counts = items.setdefault(row["job"], {"pending": 0, "done": 0, "failed": 0})
@@ -51,6 +54,7 @@ async def truth(system: System) -> dict[str, Any]:
         "backlog": await system.fetchval(
             "SELECT (SELECT coalesce(sum(item_count), 0) FROM requests WHERE recorded_at IS NULL)"
             " + (SELECT count(*) FROM items WHERE state IN ('pending', 'running'))"
+            " + (SELECT coalesce(sum(item_count), 0) FROM item_chunks)"
         ),
     }
 

@@ -1,11 +1,14 @@
-"""The pure helpers of the store: item digests, result JSON and rid presentation."""
+"""The pure helpers of the store: item digests, result JSON, rid presentation, how new items are laid out."""
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 
-from squall.core.events import ItemFields
-from squall.core.store import items_hash, present_rid, result_json
+import orjson
+
+from squall.core.events import Item, ItemFields
+from squall.core.store import PENDING, NewItems, items_hash, present_rid, result_json
 
 
 def items(*pairs: tuple[int, str]) -> list[ItemFields]:
@@ -46,3 +49,36 @@ def test_present_rid() -> None:
     assert present_rid("-9223372036854775808", True) == -(2**63)
     assert present_rid("42", False) == "42"
     assert present_rid("order-1", False) == "order-1"
+
+
+def test_pending_items_of_chunked_processings_become_chunks_of_at_most_their_size() -> None:
+    request = uuid.uuid4()
+    new = NewItems({"sum": 2, "mul": 5})
+    jobs = ["sum", "mul", "sum", "cube", "sum", "sum", "mul"]
+    outcomes = [PENDING] * len(jobs)
+    outcomes[3] = ("done", "27", None, None)  # an immediate processing's item stays a row
+    outcomes[4] = ("pending", None, "ConnectionError", 1.0)  # waiting for a retry: a row too
+    new.add(request, [Item(number=n, job=job) for n, job in enumerate(jobs)], outcomes)
+    assert new.chunks == [
+        (request, 0, "sum", [0, 2], [0, 2]),
+        (request, 1, "sum", [5], [5]),
+        (request, 2, "mul", [1, 6], [1, 6]),
+    ]
+    assert list(zip(new.position, new.job, new.state, strict=True)) == [
+        (3, "cube", "done"),
+        (4, "sum", "pending"),
+    ]
+    assert new.pending_requests() == {request}
+    document = orjson.loads(new.as_json())
+    assert document["chunks"][0] == [str(request), 0, "sum", [0, 2], [0, 2]]
+    assert document["p"] == [3, 4]
+
+
+def test_a_request_without_chunked_items_keeps_every_item_a_row() -> None:
+    request, complete = uuid.uuid4(), uuid.uuid4()
+    new = NewItems({"sum": 100})
+    new.add(request, [Item(number=1, job="mul"), Item(number=2, job="mul")], [PENDING, PENDING])
+    new.add(complete, [Item(number=3, job="sum")], [("done", "5", None, None)])
+    assert new.chunks == []
+    assert new.position == [0, 1, 0] and new.state == ["pending", "pending", "done"]
+    assert new.pending_requests() == {request}

@@ -125,6 +125,29 @@ items = Table(
 )
 
 
+# Items of a ``claim="lock"`` batch processing wait for their first poll as one row per request and
+# processing (at most the processing's batch_size items each): recorded, then written once into ``items``
+# with their outcome, instead of inserted pending and updated (migration 0008).
+item_chunks = Table(
+    "item_chunks",
+    metadata,
+    Column("request_task_id", UUID(as_uuid=True), nullable=False),
+    Column("part", Integer, nullable=False, comment="The chunk's index among its request's chunks."),
+    Column("job", Text, nullable=False),
+    Column("item_count", Integer, nullable=False),
+    Column("positions", ARRAY(Integer), nullable=False),
+    Column("numbers", ARRAY(BigInteger), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("request_task_id", "part", name="item_chunks_pkey"),
+    CheckConstraint(
+        "item_count = cardinality(positions) AND item_count = cardinality(numbers) AND item_count > 0",
+        name="item_chunks_counts",
+    ),
+    # take_item_chunks: a job's chunks, oldest first.
+    Index("item_chunks_queue", "job", "created_at", postgresql_include=["item_count"]),
+)
+
+
 # --- counts (see store.read_stats) -------------------------------------------------------------------------
 
 STAT_COUNTERS = ("requests_recorded", "requests_processed", "items_recorded", "items_done", "items_failed")

@@ -11,7 +11,7 @@ import json
 import math
 import uuid
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,8 +244,15 @@ async def get_request(engine: AsyncEngine, rid: str) -> dict[str, Any] | None:
         rows = (
             await conn.execute(
                 text(
-                    "SELECT number, job, state, result, error FROM items "
-                    "WHERE request_task_id = :t ORDER BY position"
+                    """
+                    SELECT position, number, job, state, result, error FROM items WHERE request_task_id = :t
+                    UNION ALL
+                    SELECT i.position, i.number, c.job, 'pending', NULL, NULL
+                    FROM item_chunks c
+                    CROSS JOIN LATERAL unnest(c.positions, c.numbers) AS i(position, number)
+                    WHERE c.request_task_id = :t
+                    ORDER BY position
+                    """
                 ),
                 {"t": head.task_id},
             )
@@ -396,10 +403,16 @@ Outcome = tuple[str, str | None, str | None, float | None]
 an immediate item that failed retryably waits this long, its first attempt made)."""
 
 
+PENDING: Outcome = ("pending", None, None, None)  # a batch processing's item, left to its poll tasks
+
+
 @dataclass
 class NewItems:
-    """Items to insert, column by column: a batch holds thousands, so no object per item."""
+    """Items to insert, column by column: a batch holds thousands, so no object per item. The pending items
+    of the processings in ``chunk_sizes`` (processing → most items per chunk) are recorded as chunks
+    instead (``item_chunks``, see :func:`take_items`)."""
 
+    chunk_sizes: Mapping[str, int] = field(default_factory=dict)
     request_task_id: list[uuid.UUID] = field(default_factory=list)
     position: list[int] = field(default_factory=list)
     number: list[int] = field(default_factory=list)
@@ -408,6 +421,7 @@ class NewItems:
     result: list[str | None] = field(default_factory=list)
     error: list[str | None] = field(default_factory=list)
     retry_in: list[float | None] = field(default_factory=list)
+    chunks: list[tuple[uuid.UUID, int, str, list[int], list[int]]] = field(default_factory=list)
 
     def as_json(self) -> str:
         """The columns as one JSON document: the driver encodes one string instead of checking the type of
@@ -421,11 +435,16 @@ class NewItems:
             "r": _embedded(self.result),
             "e": self.error,
             "d": self.retry_in,
+            "chunks": self.chunks,
         }
         return orjson.dumps(columns).decode()
 
     def add(self, request_task_id: uuid.UUID, items: Sequence[Item], outcomes: Sequence[Outcome]) -> None:
         """A request's items with their outcomes, in order."""
+        chunked = self.chunk_sizes
+        if chunked and any(i.job in chunked and o == PENDING for i, o in zip(items, outcomes, strict=True)):
+            self._add_chunked(request_task_id, items, outcomes)
+            return
         count = len(items)
         self.request_task_id.extend([request_task_id] * count)
         self.position.extend(range(count))
@@ -437,6 +456,38 @@ class NewItems:
             self.result.extend(results)
             self.error.extend(errors)
             self.retry_in.extend(delays)
+
+    def _add_chunked(
+        self, request_task_id: uuid.UUID, items: Sequence[Item], outcomes: Sequence[Outcome]
+    ) -> None:
+        by_job: dict[str, tuple[list[int], list[int]]] = {}
+        for position, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
+            if item.job in self.chunk_sizes and outcome == PENDING:
+                positions, numbers = by_job.setdefault(item.job, ([], []))
+                positions.append(position)
+                numbers.append(item.number)
+                continue
+            self.request_task_id.append(request_task_id)
+            self.position.append(position)
+            self.number.append(item.number)
+            self.job.append(item.job)
+            self.state.append(outcome[0])
+            self.result.append(outcome[1])
+            self.error.append(outcome[2])
+            self.retry_in.append(outcome[3])
+        part = 0
+        for job, (positions, numbers) in by_job.items():
+            size = self.chunk_sizes[job]
+            for start in range(0, len(positions), size):
+                end = start + size
+                self.chunks.append((request_task_id, part, job, positions[start:end], numbers[start:end]))
+                part += 1
+
+    def pending_requests(self) -> set[uuid.UUID]:
+        """The requests some of whose items are left pending (the others are complete once recorded)."""
+        pending = {t for t, state in zip(self.request_task_id, self.state, strict=True) if state == "pending"}
+        pending.update(chunk[0] for chunk in self.chunks)
+        return pending
 
 
 @dataclass(frozen=True)
@@ -473,6 +524,14 @@ _RECORD_REQUESTS = text(
         SELECT t, p, n, j, s, r, e, CASE WHEN s = 'pending' AND e IS NULL THEN 0 ELSE 1 END,
                now() + make_interval(secs => d)
         FROM new
+    ), chunked AS (
+        INSERT INTO item_chunks (request_task_id, part, job, item_count, positions, numbers)
+        SELECT claimed.task_id, CAST(c ->> 1 AS int), c ->> 2, jsonb_array_length(c -> 3),
+               CAST(ARRAY(SELECT jsonb_array_elements_text(c -> 3)) AS int[]),
+               CAST(ARRAY(SELECT jsonb_array_elements_text(c -> 4)) AS bigint[])
+        FROM doc, jsonb_array_elements(doc.d -> 'chunks') AS c
+        JOIN claimed ON claimed.task_id = CAST(c ->> 0 AS uuid)
+        RETURNING job, item_count
     ), finished AS (
         UPDATE tasks SET state = CASE WHEN c.error IS NULL THEN 'succeeded' ELSE 'dead' END, error = c.error,
                          attempts = attempts + 1, updated_at = now(),
@@ -491,6 +550,8 @@ _RECORD_REQUESTS = text(
         ) AS c(counter)
         WHERE c.counter IS NOT NULL
         GROUP BY c.counter, new.j
+        UNION ALL
+        SELECT 'items_recorded', job, sum(item_count) FROM chunked GROUP BY job
     )
     SELECT task_id, complete, seconds FROM claimed
     """
@@ -505,7 +566,7 @@ async def record_requests(
     mark processed the ones none of whose items is pending. ``task_ids`` are distinct; ``items`` holds
     all their items. Answers the requests recorded now (the others were recorded before: redeliveries)."""
     ids = list(task_ids)
-    pending = {t for t, state in zip(items.request_task_id, items.state, strict=True) if state == "pending"}
+    pending = items.pending_requests()
     async with statements(engine) as conn:
         rows = await conn.execute(
             _RECORD_REQUESTS,
@@ -547,6 +608,7 @@ async def mark_processed(
                 WHERE r.task_id = ANY(CAST(:ids AS uuid[])) AND NOT r.processed AND r.recorded_at IS NOT NULL
                   AND NOT EXISTS (SELECT 1 FROM items i WHERE i.request_task_id = r.task_id
                                   AND i.state IN ('pending', 'running'))
+                  AND NOT EXISTS (SELECT 1 FROM item_chunks c WHERE c.request_task_id = r.task_id)
                 RETURNING r.task_id, extract(epoch FROM clock_timestamp() - r.created_at) AS seconds
             ), counted AS (
                 INSERT INTO stat_deltas (counter, processing, n)
@@ -586,6 +648,7 @@ class ClaimedItem:
     position: int
     number: int
     attempts: int
+    part: int | None = None  # taken with its chunk (item_chunks), not as a row of items
 
 
 _QUEUE_PLANS = text(
@@ -645,11 +708,29 @@ _TAKE_ITEMS = f"""
 """
 
 
+# A lease is taken on item rows: the chunks of a processing that is not (or no longer) claimed by locks
+# become pending items first.
+_EXPAND_CHUNKS = text(
+    """
+    WITH taken AS (
+        SELECT * FROM take_item_chunks(:job, :limit, 0)
+    ), gone AS (
+        DELETE FROM item_chunks c USING taken WHERE c.request_task_id = taken.request_task_id
+                                                AND c.part = taken.part
+    )
+    INSERT INTO items (request_task_id, position, number, job, state, created_at)
+    SELECT taken.request_task_id, i.position, i.number, taken.job, 'pending', taken.created_at
+    FROM taken CROSS JOIN LATERAL unnest(taken.positions, taken.numbers) AS i(position, number)
+    """
+)
+
+
 async def claim_items(
     conn: AsyncConnection, processing: str, task_id: uuid.UUID, limit: int, lease_seconds: float
 ) -> list[ClaimedItem]:
     """Claim up to ``limit`` items under a lease (marked running, committed by the caller): no two
     transactions can claim the same item (SKIP LOCKED)."""
+    await conn.execute(_EXPAND_CHUNKS, {"job": processing, "limit": limit})
     rows = await conn.execute(
         text(
             f"""
@@ -669,28 +750,57 @@ async def lock_items(
 ) -> list[ClaimedItem]:
     """Take up to ``limit`` items by row locks held until the caller's transaction ends: nothing is
     written until their outcomes are (``write_results(..., locked=True)``, same transaction). Their
-    ``attempts`` is the attempt about to run."""
+    ``attempts`` is the attempt about to run. Item rows waiting for a retry come first, then whole chunks
+    (never more than ``limit`` items, unless the first chunk alone holds more: a schedule's batch size
+    below the processing's)."""
     rows = await conn.execute(
         text(_TAKE_ITEMS.format(columns="request_task_id, position, number, attempts + 1 AS attempts")),
         {"task": task_id, "job": processing, "limit": limit},
     )
-    return [ClaimedItem(r.request_task_id, r.position, r.number, r.attempts) for r in rows]
+    taken = [ClaimedItem(r.request_task_id, r.position, r.number, r.attempts) for r in rows]
+    if len(taken) < limit:
+        chunks = await conn.execute(
+            text(
+                "SELECT request_task_id, part, positions, numbers FROM take_item_chunks(:job, :limit, :taken)"
+            ),
+            {"job": processing, "limit": limit, "taken": len(taken)},
+        )
+        for c in chunks:
+            taken.extend(
+                ClaimedItem(c.request_task_id, position, number, 1, c.part)
+                for position, number in zip(c.positions, c.numbers, strict=True)
+            )
+    return taken
+
+
+# A poll task's outcomes, one JSON document (see NewItems.as_json), as rows: request, position, the chunk
+# the item was taken with (null for an item row), number, state, result, error, seconds before a retry.
+_OUTCOMES = """
+    doc AS (
+        SELECT CAST(:outcomes AS jsonb) AS d
+    ), v AS (
+        SELECT CAST(v.t AS uuid) AS t, CAST(v.p AS int) AS p, CAST(v.k AS int) AS k, CAST(v.n AS bigint) AS n,
+               v.s, CASE WHEN v.s = 'done' THEN v.r END AS r, v.e, CAST(v.d AS float8) AS d
+        FROM doc, ROWS FROM (
+            jsonb_array_elements_text(doc.d -> 't'), jsonb_array_elements_text(doc.d -> 'p'),
+            jsonb_array_elements_text(doc.d -> 'k'), jsonb_array_elements_text(doc.d -> 'n'),
+            jsonb_array_elements_text(doc.d -> 's'), jsonb_array_elements(doc.d -> 'r'),
+            jsonb_array_elements_text(doc.d -> 'e'), jsonb_array_elements_text(doc.d -> 'd')
+        ) AS v(t, p, k, n, s, r, e, d)
+    )"""
+_COUNT_OUTCOMES = """
+    counted AS (
+        INSERT INTO stat_deltas (counter, processing, n)
+        SELECT 'items_' || state, job, count(*) FROM written
+        WHERE state IN ('done', 'failed') GROUP BY state, job
+    )
+    SELECT request_task_id FROM written"""
 
 
 def _write_results_statement(owned: str, attempts: str) -> TextClause:
     return text(
         f"""
-    WITH doc AS (
-        SELECT CAST(:outcomes AS jsonb) AS d
-    ), v AS (
-        SELECT CAST(v.t AS uuid) AS t, CAST(v.p AS int) AS p, v.s, CASE WHEN v.s = 'done' THEN v.r END AS r,
-               v.e, CAST(v.d AS float8) AS d
-        FROM doc, ROWS FROM (
-            jsonb_array_elements_text(doc.d -> 't'), jsonb_array_elements_text(doc.d -> 'p'),
-            jsonb_array_elements_text(doc.d -> 's'), jsonb_array_elements(doc.d -> 'r'),
-            jsonb_array_elements_text(doc.d -> 'e'), jsonb_array_elements_text(doc.d -> 'd')
-        ) AS v(t, p, s, r, e, d)
-    ), written AS (
+    WITH {_OUTCOMES}, written AS (
         UPDATE items SET state = v.s, result = v.r, error = v.e, lease_until = NULL,
                          not_before = now() + make_interval(secs => v.d), updated_at = now(),
                          attempts = {attempts}, claim_task_id = :task
@@ -698,12 +808,7 @@ def _write_results_statement(owned: str, attempts: str) -> TextClause:
         WHERE items.request_task_id = v.t AND items.position = v.p
           AND {owned}
         RETURNING items.request_task_id, items.job, items.state
-    ), counted AS (
-        INSERT INTO stat_deltas (counter, processing, n)
-        SELECT 'items_' || state, job, count(*) FROM written
-        WHERE state IN ('done', 'failed') GROUP BY state, job
-    )
-    SELECT request_task_id FROM written
+    ), {_COUNT_OUTCOMES}
     """
     )
 
@@ -713,6 +818,25 @@ _WRITE_LEASED = _write_results_statement(
     "items.claim_task_id = :task AND items.state = 'running'", "items.attempts"
 )
 _WRITE_LOCKED = _write_results_statement("true", "items.attempts + 1")
+# Items taken with their chunks (locked by this transaction): the chunks go, the items are inserted with
+# their outcome, their first attempt made.
+_WRITE_CHUNKED = text(
+    f"""
+    WITH {_OUTCOMES}, gone AS (
+        DELETE FROM item_chunks c
+        USING (SELECT DISTINCT t, k FROM v) AS taken
+        WHERE c.request_task_id = taken.t AND c.part = taken.k
+        RETURNING c.request_task_id, c.part, c.job, c.created_at
+    ), written AS (
+        INSERT INTO items (request_task_id, position, number, job, state, result, error, attempts,
+                           claim_task_id, not_before, created_at)
+        SELECT v.t, v.p, v.n, gone.job, v.s, v.r, v.e, 1, :task, now() + make_interval(secs => v.d),
+               gone.created_at
+        FROM v JOIN gone ON gone.request_task_id = v.t AND gone.part = v.k
+        RETURNING request_task_id, job, state
+    ), {_COUNT_OUTCOMES}
+    """
+)
 
 
 async def write_results(
@@ -726,11 +850,36 @@ async def write_results(
     (``locked``: taken by :func:`lock_items` in this transaction, which counts their attempt now).
     An item put back to pending waits its delay (seconds) before it may be claimed again. The outcomes go
     as one JSON document (see :meth:`NewItems.as_json`)."""
+    if not locked:
+        return await _write(conn, _WRITE_LEASED, task_id, claimed, outcomes)
+    rows = [i for i, c in enumerate(claimed) if c.part is None]
+    if len(rows) == len(claimed):
+        return await _write(conn, _WRITE_LOCKED, task_id, claimed, outcomes)
+    chunked = [i for i, c in enumerate(claimed) if c.part is not None]
+    touched = await _write(
+        conn, _WRITE_CHUNKED, task_id, [claimed[i] for i in chunked], [outcomes[i] for i in chunked]
+    )
+    if rows:
+        touched |= await _write(
+            conn, _WRITE_LOCKED, task_id, [claimed[i] for i in rows], [outcomes[i] for i in rows]
+        )
+    return touched
+
+
+async def _write(
+    conn: AsyncConnection,
+    statement: TextClause,
+    task_id: uuid.UUID,
+    claimed: Sequence[ClaimedItem],
+    outcomes: Sequence[Outcome],
+) -> set[uuid.UUID]:
     states, results, errors, delays = zip(*outcomes, strict=True) if outcomes else ((), (), (), ())
     document = orjson.dumps(
         {
             "t": [c.request_task_id for c in claimed],
             "p": [c.position for c in claimed],
+            "k": [c.part for c in claimed],
+            "n": [c.number for c in claimed],
             "s": states,
             "r": _embedded(results),
             "e": errors,
@@ -738,7 +887,6 @@ async def write_results(
         },
         default=str,  # the driver's own UUID type (claimed rows' ids), which orjson does not know
     ).decode()
-    statement = _WRITE_LOCKED if locked else _WRITE_LEASED
     rows = await conn.execute(statement, {"task": task_id, "outcomes": document})
     return {r.request_task_id for r in rows}
 
@@ -1038,6 +1186,9 @@ _POLL_NEED = text(
            (SELECT count(*) FROM (
                 SELECT 1 FROM items WHERE job = :job AND ({_CLAIMABLE})
                 LIMIT ((SELECT n FROM queued) + :max_batches) * :batch_size
+           ) AS c) + (SELECT coalesce(sum(item_count), 0) FROM (
+                SELECT item_count FROM item_chunks WHERE job = :job
+                LIMIT ((SELECT n FROM queued) + :max_batches) * :batch_size
            ) AS c) AS claimable
     """
 )
@@ -1187,7 +1338,15 @@ async def claimable_counts(engine: AsyncEngine) -> dict[str, int]:
     (``GET /v1/processings``), not for anything polled every second (see :func:`pending_counts`)."""
     async with statements(engine) as conn:
         rows = await conn.execute(
-            text(f"SELECT job, count(*) AS n FROM items WHERE {_CLAIMABLE} GROUP BY job")
+            text(
+                f"""
+                SELECT job, sum(n) AS n FROM (
+                    SELECT job, count(*) AS n FROM items WHERE {_CLAIMABLE} GROUP BY job
+                    UNION ALL
+                    SELECT job, sum(item_count) FROM item_chunks GROUP BY job
+                ) AS claimable GROUP BY job
+                """
+            )
         )
         return {r.job: int(r.n) for r in rows}
 

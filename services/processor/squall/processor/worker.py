@@ -53,6 +53,10 @@ class Processor:
     ) -> None:
         self.settings = settings
         self.registry = registry
+        # Processings whose pending items are recorded as chunks: taken whole by row locks, written once.
+        self.chunk_sizes = {
+            p.name: p.batch_size for p in registry.values() if p.mode == "batch" and p.claim == "lock"
+        }
         self.engine = engine
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -194,7 +198,7 @@ class Processor:
         for _, event in submitted:
             distinct.setdefault(event.task_id, event)
         computed, dead = await self._compute_immediate(list(distinct.values()))
-        items = store.NewItems()
+        items = store.NewItems(self.chunk_sizes)
         for event in distinct.values():
             items.add(event.task_id, event.items, computed[event.task_id])
         recorded = await store.record_requests(self.engine, list(distinct), items, dead)
@@ -491,7 +495,7 @@ class Processor:
 
 
 Outcome = store.Outcome
-PENDING: Outcome = ("pending", None, None, None)  # a batch processing's item, left to its poll tasks
+PENDING = store.PENDING
 
 
 async def run_batch(

@@ -1,0 +1,258 @@
+"""Items of ``claim="lock"`` batch processings wait for their first poll as chunks (one row per request and
+processing) and are written once, with their outcome (real NATS JetStream and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from alembic import command
+
+from squall.core import db, migrate, store
+from squall.core.settings import load_settings
+from tests.integration import effect_processings
+from tests.integration.harness import System, make_settings, plain_dsn, wait_for
+
+MODULE = "tests.integration.effect_processings"
+
+
+async def _system(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> System:
+    return await system_factory(make_settings(nats_url, database_url, processing_modules=[MODULE]))
+
+
+async def test_lock_claimed_items_wait_in_chunks_and_are_written_once_with_their_outcome(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    effect_processings.RECORDED.clear()
+    system = await _system(nats_url, database_url, system_factory)
+    # 250 items of a lock-claimed processing (batch_size 100), two of a leased one, interleaved.
+    items = [{"number": n, "job": "record_locked"} for n in range(250)]
+    items[10:10] = [{"number": 1000, "job": "record"}]
+    items[200:200] = [{"number": 2000, "job": "record"}]
+    await system.submit({"rid": "mixed", "items": items})
+
+    async def recorded() -> bool:
+        return bool((await system.request_state("mixed"))["recorded"])
+
+    await wait_for(recorded, what="recorded")
+    chunks = await system.fetch("SELECT part, job, item_count, positions FROM item_chunks ORDER BY part")
+    assert [(c["part"], c["job"], c["item_count"]) for c in chunks] == [
+        (0, "record_locked", 100),
+        (1, "record_locked", 100),
+        (2, "record_locked", 50),
+    ]
+    locked_positions = [p for c in chunks for p in c["positions"]]
+    assert locked_positions == [p for p, item in enumerate(items) if item["job"] == "record_locked"]
+    # Only the leased processing's items are rows; the request reads whole and in order.
+    assert await system.fetchval("SELECT count(*) FROM items") == 2
+    state = await system.request_state("mixed")
+    assert [i["number"] for i in state["items"]] == [i["number"] for i in items]
+    assert {i["state"] for i in state["items"]} == {"pending"}
+    assert state["counts"] == {"pending": 252, "done": 0, "failed": 0}
+    assert await _stats_of(system, "record_locked") == {"pending": 250, "done": 0, "failed": 0}
+    processings = (await system.client.get("/v1/processings")).json()
+    assert {p["name"]: p["pending"] for p in processings["processings"]}["record_locked"] == 250
+
+    first = await system.publish_poll("record_locked", batch_size=150)  # two chunks would exceed it
+
+    async def finished(task_id: uuid.UUID) -> dict[str, object] | None:
+        task = (await system.client.get(f"/v1/tasks/{task_id}")).json()
+        return task if task["state"] == "succeeded" else None
+
+    assert (await wait_for(lambda: finished(first), what="the first poll"))["items_processed"] == 100
+    assert await system.fetchval("SELECT count(*) FROM item_chunks") == 2
+    await system.publish_poll("record_locked", batch_size=300)
+    await system.publish_poll("record", batch_size=100)
+    state = await system.wait_processed("mixed")
+    assert [i["result"] for i in state["items"]] == [i["number"] + 1 for i in items]
+    rows = await system.fetch(
+        "SELECT attempts, claim_task_id, state FROM items WHERE job = 'record_locked' ORDER BY position"
+    )
+    assert len(rows) == 250 and all(r["attempts"] == 1 and r["state"] == "done" for r in rows)
+    assert rows[0]["claim_task_id"] == first
+    assert await system.fetchval("SELECT count(*) FROM item_chunks") == 0
+    assert sorted(effect_processings.RECORDED) == sorted(i["number"] for i in items)
+    assert await _stats_of(system, "record_locked") == {"pending": 0, "done": 250, "failed": 0}
+
+
+async def _stats_of(system: System, processing: str) -> dict[str, int]:
+    """The processing's counts once /v1/stats (cached by the gateway for a second) has them."""
+
+    async def counted() -> dict[str, int] | None:
+        stats = (await system.client.get("/v1/stats")).json()
+        counts = stats["items"].get(processing)
+        return counts if counts and counts == await _counted_by_postgres(system, processing) else None
+
+    return await wait_for(counted, what=f"/v1/stats counting {processing}")
+
+
+async def _counted_by_postgres(system: System, processing: str) -> dict[str, int]:
+    row = (
+        await system.fetch(
+            """
+            SELECT (SELECT coalesce(sum(item_count), 0) FROM item_chunks WHERE job = $1)
+                   + count(*) FILTER (WHERE state IN ('pending', 'running')) AS pending,
+                   count(*) FILTER (WHERE state = 'done') AS done,
+                   count(*) FILTER (WHERE state = 'failed') AS failed
+            FROM items WHERE job = $1
+            """,
+            processing,
+        )
+    )[0]
+    return {key: int(row[key]) for key in ("pending", "done", "failed")}
+
+
+async def _add_chunks(conn: asyncpg.Connection, job: str, sizes: list[int]) -> list[uuid.UUID]:
+    """Chunks of one item-less request each, oldest first (the statements under test take them by age)."""
+    ids = []
+    for index, size in enumerate(sizes):
+        request = uuid.uuid4()
+        ids.append(request)
+        await conn.execute(
+            "INSERT INTO item_chunks "
+            "(request_task_id, part, job, item_count, positions, numbers, created_at) "
+            "VALUES ($1, 0, $2, $3, $4, $5, now() - make_interval(secs => $6))",
+            request,
+            job,
+            size,
+            list(range(size)),
+            [index * 1000 + n for n in range(size)],
+            100.0 - index,
+        )
+    return ids
+
+
+async def test_a_poll_takes_whole_chunks_up_to_its_batch_size_and_skips_locked_ones(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(load_settings(database_url=database_url))
+    setup = await asyncpg.connect(plain_dsn(database_url))
+    try:
+        a, b, c = await _add_chunks(setup, "sum", [60, 60, 30])
+
+        async def take(conn: object, limit: int) -> list[store.ClaimedItem]:
+            return await store.lock_items(conn, "sum", uuid.uuid4(), limit)  # type: ignore[arg-type]
+
+        async with engine.connect() as conn:
+            async with conn.begin():
+                taken = await take(conn, 100)  # 60, then 60 more would exceed it
+                assert {i.request_task_id for i in taken} == {a} and len(taken) == 60
+                assert all(i.attempts == 1 and i.part == 0 for i in taken)
+                assert [i.number for i in taken] == list(range(60))
+                async with engine.connect() as other, other.begin():
+                    # Another transaction skips the locked chunk and fits the next two in its 100.
+                    taken_by_other = await take(other, 100)
+                    assert [i.request_task_id for i in taken_by_other][::30] == [b, b, c]
+                    assert len(taken_by_other) == 90
+                await conn.rollback()
+            async with conn.begin():
+                # A batch size below the first chunk takes that chunk alone; nothing else fits beside it.
+                assert len(await take(conn, 10)) == 60
+                await conn.rollback()
+            async with conn.begin():
+                assert len(await take(conn, 150)) == 150
+                await conn.rollback()
+        # An item row waiting for its retry comes first; chunks fill the rest of the batch, whole.
+        await setup.execute(
+            "INSERT INTO items (request_task_id, position, number, job, state, attempts) "
+            "VALUES ($1, 0, 7, 'sum', 'pending', 1)",
+            uuid.uuid4(),
+        )
+        async with engine.connect() as conn, conn.begin():
+            taken = await take(conn, 100)
+            assert [(i.number, i.attempts, i.part) for i in taken[:2]] == [(7, 2, None), (0, 1, 0)]
+            assert len(taken) == 61
+            await conn.rollback()
+    finally:
+        await setup.close()
+        await engine.dispose()
+
+
+async def test_a_leased_claim_turns_chunks_into_pending_items_first(database_url: str) -> None:
+    """A processing whose claim changed from lock to lease (a setting) finds its chunks as items."""
+    engine = db.create_engine(load_settings(database_url=database_url))
+    setup = await asyncpg.connect(plain_dsn(database_url))
+    try:
+        a, b = await _add_chunks(setup, "sum", [3, 2])
+        task = uuid.uuid4()
+        async with engine.begin() as conn:
+            claimed = await store.claim_items(conn, "sum", task, 4, lease_seconds=60)
+        # Whole chunks up to the batch: b's two items would exceed it and stay a chunk.
+        assert sorted((i.request_task_id, i.number) for i in claimed) == [(a, 0), (a, 1), (a, 2)]
+        rows = await setup.fetch("SELECT request_task_id, position, state, claim_task_id FROM items")
+        assert sorted((r["position"], r["state"], r["claim_task_id"]) for r in rows) == [
+            (0, "running", task),
+            (1, "running", task),
+            (2, "running", task),
+        ]
+        assert await setup.fetchval("SELECT request_task_id FROM item_chunks") == b
+        async with engine.begin() as conn:
+            claimed = await store.claim_items(conn, "sum", uuid.uuid4(), 4, lease_seconds=60)
+        assert sorted((i.request_task_id, i.number) for i in claimed) == [(b, 1000), (b, 1001)]
+        assert await setup.fetchval("SELECT count(*) FROM item_chunks") == 0
+    finally:
+        await setup.close()
+        await engine.dispose()
+
+
+async def test_a_failed_locked_batch_leaves_its_items_pending_for_a_retry(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    effect_processings.FLAKY_LOCKED_CALLS.clear()
+    system = await _system(nats_url, database_url, system_factory)
+    await system.submit({"rid": "f", "items": [{"number": n, "job": "flaky_locked"} for n in range(3)]})
+
+    async def recorded() -> bool:
+        return bool((await system.request_state("f"))["recorded"])
+
+    await wait_for(recorded, what="recorded")
+    first = await system.publish_poll("flaky_locked", batch_size=100)
+
+    async def failed_once() -> bool:
+        return (await system.client.get(f"/v1/tasks/{first}")).json()["state"] == "failed"
+
+    await wait_for(failed_once, what="the first batch failed")
+    assert await system.fetchval("SELECT count(*) FROM item_chunks") == 0
+    rows = await system.fetch("SELECT state, attempts, error, not_before > now() AS waiting FROM items")
+    assert len(rows) == 3
+    assert all(r["state"] == "pending" and r["attempts"] == 1 for r in rows)
+    assert all("ConnectionError" in r["error"] for r in rows)
+
+    async def backoff_over() -> bool:
+        return bool(await system.fetchval("SELECT bool_and(not_before <= now()) FROM items"))
+
+    await wait_for(backoff_over, timeout=5, what="the backoff to pass")
+    await system.publish_poll("flaky_locked", batch_size=100)
+    state = await system.wait_processed("f")
+    assert [i["result"] for i in state["items"]] == [0, 10, 20]
+    assert await system.fetchval("SELECT max(attempts) FROM items") == 2
+
+
+def test_undoing_the_chunks_migration_keeps_their_items_as_pending_items(database_url: str) -> None:
+    async def add() -> uuid.UUID:
+        conn = await asyncpg.connect(plain_dsn(database_url))
+        try:
+            return (await _add_chunks(conn, "sum", [2]))[0]
+        finally:
+            await conn.close()
+
+    async def items() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(plain_dsn(database_url))
+        try:
+            rows = await conn.fetch("SELECT request_task_id, position, number, job, state FROM items")
+            return [tuple(r) for r in rows]
+        finally:
+            await conn.close()
+
+    request = asyncio.run(add())
+    config = migrate.alembic_config(load_settings(database_url=database_url))
+    command.downgrade(config, "0007")
+    assert sorted(asyncio.run(items())) == [
+        (request, 0, 0, "sum", "pending"),
+        (request, 1, 1, "sum", "pending"),
+    ]
+    command.upgrade(config, "head")
