@@ -134,20 +134,19 @@ async def test_a_poll_takes_whole_chunks_up_to_its_batch_size_and_skips_locked_o
     try:
         a, b, c = await _add_chunks(setup, "sum", [60, 60, 30])
 
-        async def take(conn: object, limit: int) -> list[store.ClaimedItem]:
+        async def take(conn: object, limit: int) -> store.Claimed:
             return await store.lock_items(conn, "sum", uuid.uuid4(), limit)  # type: ignore[arg-type]
 
         async with engine.connect() as conn:
             async with conn.begin():
                 taken = await take(conn, 100)  # 60, then 60 more would exceed it
-                assert {i.request_task_id for i in taken} == {a} and len(taken) == 60
-                assert all(i.attempts == 1 and i.part == 0 for i in taken)
-                assert [i.number for i in taken] == list(range(60))
+                assert taken.chunks == [(a, 0, 60)] and taken.rows == []
+                assert taken.numbers == list(range(60)) and taken.attempts == [1] * 60
                 async with engine.connect() as other, other.begin():
                     # Another transaction skips the locked chunk and fits the next two in its 100.
                     taken_by_other = await take(other, 100)
-                    assert [i.request_task_id for i in taken_by_other][::30] == [b, b, c]
-                    assert len(taken_by_other) == 90
+                    assert taken_by_other.chunks == [(b, 0, 60), (c, 0, 30)]
+                    assert taken_by_other.numbers == [*range(1000, 1060), *range(2000, 2030)]
                 await conn.rollback()
             async with conn.begin():
                 # A batch size below the first chunk takes that chunk alone; nothing else fits beside it.
@@ -164,8 +163,8 @@ async def test_a_poll_takes_whole_chunks_up_to_its_batch_size_and_skips_locked_o
         )
         async with engine.connect() as conn, conn.begin():
             taken = await take(conn, 100)
-            assert [(i.number, i.attempts, i.part) for i in taken[:2]] == [(7, 2, None), (0, 1, 0)]
-            assert len(taken) == 61
+            assert len(taken.rows) == 1 and taken.chunks == [(a, 0, 60)]
+            assert taken.numbers[:2] == [7, 0] and taken.attempts[:2] == [2, 1] and len(taken) == 61
             await conn.rollback()
     finally:
         await setup.close()
@@ -182,7 +181,7 @@ async def test_a_leased_claim_turns_chunks_into_pending_items_first(database_url
         async with engine.begin() as conn:
             claimed = await store.claim_items(conn, "sum", task, 4, lease_seconds=60)
         # Whole chunks up to the batch: b's two items would exceed it and stay a chunk.
-        assert sorted((i.request_task_id, i.number) for i in claimed) == [(a, 0), (a, 1), (a, 2)]
+        assert sorted(claimed.rows) == [(a, 0), (a, 1), (a, 2)] and sorted(claimed.numbers) == [0, 1, 2]
         rows = await setup.fetch("SELECT request_task_id, position, state, claim_task_id FROM items")
         assert sorted((r["position"], r["state"], r["claim_task_id"]) for r in rows) == [
             (0, "running", task),
@@ -192,7 +191,7 @@ async def test_a_leased_claim_turns_chunks_into_pending_items_first(database_url
         assert await setup.fetchval("SELECT request_task_id FROM item_chunks") == b
         async with engine.begin() as conn:
             claimed = await store.claim_items(conn, "sum", uuid.uuid4(), 4, lease_seconds=60)
-        assert sorted((i.request_task_id, i.number) for i in claimed) == [(b, 1000), (b, 1001)]
+        assert sorted(claimed.rows) == [(b, 0), (b, 1)] and sorted(claimed.numbers) == [1000, 1001]
         assert await setup.fetchval("SELECT count(*) FROM item_chunks") == 0
     finally:
         await setup.close()

@@ -410,7 +410,7 @@ PENDING: Outcome = ("pending", None, None, None)  # a batch processing's item, l
 class NewItems:
     """Items to insert, column by column: a batch holds thousands, so no object per item. The pending items
     of the processings in ``chunk_sizes`` (processing → most items per chunk) are recorded as chunks
-    instead (``item_chunks``, see :func:`take_items`)."""
+    instead (``item_chunks``, see :func:`lock_items`)."""
 
     chunk_sizes: Mapping[str, int] = field(default_factory=dict)
     request_task_id: list[uuid.UUID] = field(default_factory=list)
@@ -642,13 +642,24 @@ async def unrecorded_payloads(
 # --- polling tasks (processor) ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ClaimedItem:
-    request_task_id: uuid.UUID
-    position: int
-    number: int
-    attempts: int
-    part: int | None = None  # taken with its chunk (item_chunks), not as a row of items
+@dataclass
+class Claimed:
+    """A poll task's items, column by column (a batch holds thousands: no object per item): the item rows
+    first, then the items of the chunks taken whole, in order."""
+
+    numbers: list[int] = field(default_factory=list)
+    attempts: list[int] = field(default_factory=list)  # each item's attempt, the one about to run
+    rows: list[tuple[uuid.UUID, int]] = field(default_factory=list)  # (request, position) of the rows
+    chunks: list[tuple[uuid.UUID, int, int]] = field(default_factory=list)  # (request, part, item count)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def add_rows(self, rows: Iterable[Any]) -> None:
+        for r in rows:
+            self.rows.append((r.request_task_id, r.position))
+            self.numbers.append(r.number)
+            self.attempts.append(r.attempts)
 
 
 _QUEUE_PLANS = text(
@@ -727,7 +738,7 @@ _EXPAND_CHUNKS = text(
 
 async def claim_items(
     conn: AsyncConnection, processing: str, task_id: uuid.UUID, limit: int, lease_seconds: float
-) -> list[ClaimedItem]:
+) -> Claimed:
     """Claim up to ``limit`` items under a lease (marked running, committed by the caller): no two
     transactions can claim the same item (SKIP LOCKED)."""
     await conn.execute(_EXPAND_CHUNKS, {"job": processing, "limit": limit})
@@ -742,51 +753,47 @@ async def claim_items(
         ),
         {"task": task_id, "lease": lease_seconds, "job": processing, "limit": limit},
     )
-    return [ClaimedItem(r.request_task_id, r.position, r.number, r.attempts) for r in rows]
+    claimed = Claimed()
+    claimed.add_rows(rows)
+    return claimed
 
 
-async def lock_items(
-    conn: AsyncConnection, processing: str, task_id: uuid.UUID, limit: int
-) -> list[ClaimedItem]:
+async def lock_items(conn: AsyncConnection, processing: str, task_id: uuid.UUID, limit: int) -> Claimed:
     """Take up to ``limit`` items by row locks held until the caller's transaction ends: nothing is
     written until their outcomes are (``write_results(..., locked=True)``, same transaction). Their
     ``attempts`` is the attempt about to run. Item rows waiting for a retry come first, then whole chunks
     (never more than ``limit`` items, unless the first chunk alone holds more: a schedule's batch size
     below the processing's)."""
-    rows = await conn.execute(
-        text(_TAKE_ITEMS.format(columns="request_task_id, position, number, attempts + 1 AS attempts")),
-        {"task": task_id, "job": processing, "limit": limit},
+    claimed = Claimed()
+    claimed.add_rows(
+        await conn.execute(
+            text(_TAKE_ITEMS.format(columns="request_task_id, position, number, attempts + 1 AS attempts")),
+            {"task": task_id, "job": processing, "limit": limit},
+        )
     )
-    taken = [ClaimedItem(r.request_task_id, r.position, r.number, r.attempts) for r in rows]
-    if len(taken) < limit:
+    if len(claimed) < limit:
         chunks = await conn.execute(
-            text(
-                "SELECT request_task_id, part, positions, numbers FROM take_item_chunks(:job, :limit, :taken)"
-            ),
-            {"job": processing, "limit": limit, "taken": len(taken)},
+            text("SELECT request_task_id, part, numbers FROM take_item_chunks(:job, :limit, :taken)"),
+            {"job": processing, "limit": limit, "taken": len(claimed)},
         )
         for c in chunks:
-            taken.extend(
-                ClaimedItem(c.request_task_id, position, number, 1, c.part)
-                for position, number in zip(c.positions, c.numbers, strict=True)
-            )
-    return taken
+            claimed.chunks.append((c.request_task_id, c.part, len(c.numbers)))
+            claimed.numbers.extend(c.numbers)
+            claimed.attempts.extend([1] * len(c.numbers))
+    return claimed
 
 
-# A poll task's outcomes, one JSON document (see NewItems.as_json), as rows: request, position, the chunk
-# the item was taken with (null for an item row), number, state, result, error, seconds before a retry.
+# A poll task's outcomes, one JSON document (see NewItems.as_json): state, result, error, seconds before a
+# retry, each item numbered (o) in the order the task took them.
 _OUTCOMES = """
     doc AS (
         SELECT CAST(:outcomes AS jsonb) AS d
-    ), v AS (
-        SELECT CAST(v.t AS uuid) AS t, CAST(v.p AS int) AS p, CAST(v.k AS int) AS k, CAST(v.n AS bigint) AS n,
-               v.s, CASE WHEN v.s = 'done' THEN v.r END AS r, v.e, CAST(v.d AS float8) AS d
+    ), outcome AS (
+        SELECT o.o, o.s, CASE WHEN o.s = 'done' THEN o.r END AS r, o.e, CAST(o.d AS float8) AS d
         FROM doc, ROWS FROM (
-            jsonb_array_elements_text(doc.d -> 't'), jsonb_array_elements_text(doc.d -> 'p'),
-            jsonb_array_elements_text(doc.d -> 'k'), jsonb_array_elements_text(doc.d -> 'n'),
             jsonb_array_elements_text(doc.d -> 's'), jsonb_array_elements(doc.d -> 'r'),
             jsonb_array_elements_text(doc.d -> 'e'), jsonb_array_elements_text(doc.d -> 'd')
-        ) AS v(t, p, k, n, s, r, e, d)
+        ) WITH ORDINALITY AS o(s, r, e, d, o)
     )"""
 _COUNT_OUTCOMES = """
     counted AS (
@@ -794,13 +801,20 @@ _COUNT_OUTCOMES = """
         SELECT 'items_' || state, job, count(*) FROM written
         WHERE state IN ('done', 'failed') GROUP BY state, job
     )
-    SELECT request_task_id FROM written"""
+    SELECT DISTINCT request_task_id FROM written"""
 
 
 def _write_results_statement(owned: str, attempts: str) -> TextClause:
+    """Item rows: the document also lists each one's request (t) and position (p)."""
     return text(
         f"""
-    WITH {_OUTCOMES}, written AS (
+    WITH {_OUTCOMES}, v AS (
+        SELECT CAST(k.t AS uuid) AS t, CAST(k.p AS int) AS p, outcome.*
+        FROM doc, ROWS FROM (
+            jsonb_array_elements_text(doc.d -> 't'), jsonb_array_elements_text(doc.d -> 'p')
+        ) WITH ORDINALITY AS k(t, p, o)
+        JOIN outcome ON outcome.o = k.o
+    ), written AS (
         UPDATE items SET state = v.s, result = v.r, error = v.e, lease_until = NULL,
                          not_before = now() + make_interval(secs => v.d), updated_at = now(),
                          attempts = {attempts}, claim_task_id = :task
@@ -818,21 +832,27 @@ _WRITE_LEASED = _write_results_statement(
     "items.claim_task_id = :task AND items.state = 'running'", "items.attempts"
 )
 _WRITE_LOCKED = _write_results_statement("true", "items.attempts + 1")
-# Items taken with their chunks (locked by this transaction): the chunks go, the items are inserted with
-# their outcome, their first attempt made.
+# Items taken with their chunks (locked by this transaction): the document lists the chunks (request, part,
+# item count) in order; the chunks go, and their items, numbered on from where each chunk's start, are
+# inserted with their outcome, their first attempt made.
 _WRITE_CHUNKED = text(
     f"""
-    WITH {_OUTCOMES}, gone AS (
-        DELETE FROM item_chunks c
-        USING (SELECT DISTINCT t, k FROM v) AS taken
+    WITH {_OUTCOMES}, taken AS (
+        SELECT CAST(c ->> 0 AS uuid) AS t, CAST(c ->> 1 AS int) AS k,
+               sum(CAST(c ->> 2 AS int)) OVER (ORDER BY x.n) - CAST(c ->> 2 AS int) AS before
+        FROM doc, jsonb_array_elements(doc.d -> 'c') WITH ORDINALITY AS x(c, n)
+    ), gone AS (
+        DELETE FROM item_chunks c USING taken
         WHERE c.request_task_id = taken.t AND c.part = taken.k
-        RETURNING c.request_task_id, c.part, c.job, c.created_at
+        RETURNING c.request_task_id, c.job, c.positions, c.numbers, c.created_at, taken.before
     ), written AS (
         INSERT INTO items (request_task_id, position, number, job, state, result, error, attempts,
                            claim_task_id, not_before, created_at)
-        SELECT v.t, v.p, v.n, gone.job, v.s, v.r, v.e, 1, :task, now() + make_interval(secs => v.d),
-               gone.created_at
-        FROM v JOIN gone ON gone.request_task_id = v.t AND gone.part = v.k
+        SELECT gone.request_task_id, i.position, i.number, gone.job, outcome.s, outcome.r, outcome.e, 1,
+               :task, now() + make_interval(secs => outcome.d), gone.created_at
+        FROM gone
+        CROSS JOIN LATERAL unnest(gone.positions, gone.numbers) WITH ORDINALITY AS i(position, number, n)
+        JOIN outcome ON outcome.o = gone.before + i.n
         RETURNING request_task_id, job, state
     ), {_COUNT_OUTCOMES}
     """
@@ -842,27 +862,22 @@ _WRITE_CHUNKED = text(
 async def write_results(
     conn: AsyncConnection,
     task_id: uuid.UUID,
-    claimed: Sequence[ClaimedItem],
+    claimed: Claimed,
     outcomes: Sequence[Outcome],
     locked: bool = False,
 ) -> set[uuid.UUID]:
     """Write the outcome of claimed items, only where this task still owns them: one effect per item
-    (``locked``: taken by :func:`lock_items` in this transaction, which counts their attempt now).
-    An item put back to pending waits its delay (seconds) before it may be claimed again. The outcomes go
-    as one JSON document (see :meth:`NewItems.as_json`)."""
-    if not locked:
-        return await _write(conn, _WRITE_LEASED, task_id, claimed, outcomes)
-    rows = [i for i, c in enumerate(claimed) if c.part is None]
-    if len(rows) == len(claimed):
-        return await _write(conn, _WRITE_LOCKED, task_id, claimed, outcomes)
-    chunked = [i for i, c in enumerate(claimed) if c.part is not None]
-    touched = await _write(
-        conn, _WRITE_CHUNKED, task_id, [claimed[i] for i in chunked], [outcomes[i] for i in chunked]
-    )
+    (``locked``: taken by :func:`lock_items` in this transaction, which counts their attempt now); answers
+    the requests of the items written. An item put back to pending waits its delay (seconds) before it may
+    be claimed again. The outcomes go as one JSON document (see :meth:`NewItems.as_json`)."""
+    touched: set[uuid.UUID] = set()
+    rows = len(claimed.rows)
     if rows:
-        touched |= await _write(
-            conn, _WRITE_LOCKED, task_id, [claimed[i] for i in rows], [outcomes[i] for i in rows]
-        )
+        statement = _WRITE_LOCKED if locked else _WRITE_LEASED
+        columns: dict[str, list[Any]] = {"t": [t for t, _ in claimed.rows], "p": [p for _, p in claimed.rows]}
+        touched |= await _write(conn, statement, task_id, columns, outcomes[:rows])
+    if claimed.chunks:
+        touched |= await _write(conn, _WRITE_CHUNKED, task_id, {"c": claimed.chunks}, outcomes[rows:])
     return touched
 
 
@@ -870,21 +885,12 @@ async def _write(
     conn: AsyncConnection,
     statement: TextClause,
     task_id: uuid.UUID,
-    claimed: Sequence[ClaimedItem],
+    columns: dict[str, list[Any]],
     outcomes: Sequence[Outcome],
 ) -> set[uuid.UUID]:
     states, results, errors, delays = zip(*outcomes, strict=True) if outcomes else ((), (), (), ())
     document = orjson.dumps(
-        {
-            "t": [c.request_task_id for c in claimed],
-            "p": [c.position for c in claimed],
-            "k": [c.part for c in claimed],
-            "n": [c.number for c in claimed],
-            "s": states,
-            "r": _embedded(results),
-            "e": errors,
-            "d": delays,
-        },
+        {**columns, "s": states, "r": _embedded(results), "e": errors, "d": delays},
         default=str,  # the driver's own UUID type (claimed rows' ids), which orjson does not know
     ).decode()
     rows = await conn.execute(statement, {"task": task_id, "outcomes": document})

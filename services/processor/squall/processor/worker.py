@@ -350,7 +350,7 @@ class Processor:
 
     async def _start_poll(
         self, conn: AsyncConnection, task: events.PollTask, proc: Processing | None
-    ) -> list[store.ClaimedItem] | None:
+    ) -> store.Claimed | None:
         """Record the poll task and claim its items; None when there is nothing to run (a redelivery of a
         finished task, an unknown processing, or one held back by its dependencies)."""
         ctx = {"task_id": str(task.task_id), "processing": task.processing}
@@ -379,18 +379,16 @@ class Processor:
         )
 
     @staticmethod
-    async def _compute(
-        proc: Processing, claimed: list[store.ClaimedItem]
-    ) -> tuple[list[Outcome], str | None]:
+    async def _compute(proc: Processing, claimed: store.Claimed) -> tuple[list[Outcome], str | None]:
         if not claimed:
             return [], None
-        return await run_batch(proc, [c.number for c in claimed], attempts=[c.attempts for c in claimed])
+        return await run_batch(proc, claimed.numbers, attempts=claimed.attempts)
 
     async def _finish_poll(
         self,
         conn: AsyncConnection,
         task: events.PollTask,
-        claimed: list[store.ClaimedItem],
+        claimed: store.Claimed,
         outcomes: list[Outcome],
         batch_error: str | None,
         locked: bool = False,
