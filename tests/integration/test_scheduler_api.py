@@ -29,6 +29,7 @@ async def test_default_schedules_and_schedulers_view(system: System) -> None:
     defaults = {s["name"]: s for s in listed}
     assert set(defaults) == {"sum", "mul", "square"}  # every batch processing
     assert defaults["sum"]["origin"] == "default" and defaults["sum"]["interval_seconds"] == 0.2
+    assert defaults["sum"]["max_batches_per_tick"] == 64  # enough for the processors to be the bound
 
 
 async def test_ticks_emit_for_a_backlog_and_skip_an_empty_one(system: System) -> None:

@@ -215,7 +215,7 @@ schedules = Table(
     Column("timezone", Text, nullable=False, server_default="UTC"),
     Column("enabled", Boolean, nullable=False, server_default="true"),
     Column("batch_size", Integer, nullable=False),
-    Column("max_batches_per_tick", Integer, nullable=False, server_default="8"),
+    Column("max_batches_per_tick", Integer, nullable=False, server_default="64"),
     Column("misfire_policy", Text, nullable=False, server_default="run_once"),
     Column("catch_up_limit", Integer, nullable=False, server_default="10"),
     Column("jitter_seconds", Float, nullable=False, server_default="0"),
