@@ -129,9 +129,8 @@ async def test_processor_hands_a_batch_back_without_counting_an_attempt(system: 
 
     task = await wait_for(finished, what="the poll task handed back")
     assert task["error"] == "handed back: paused" and task["items_processed"] == 0
-    # sum's items wait in a chunk (claim="lock"): untouched, still one item waiting for its first attempt.
-    assert await system.fetchval("SELECT count(*) FROM items") == 0
-    assert await system.fetchval("SELECT item_count FROM item_chunks") == 1
+    assert await system.fetchval("SELECT attempts FROM items") == 0
+    assert await system.fetchval("SELECT state FROM items") == "pending"
 
 
 async def test_check_now_and_dependency_crud(system: System, probe: FileSystemProbe) -> None:

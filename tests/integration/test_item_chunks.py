@@ -155,17 +155,26 @@ async def test_a_poll_takes_whole_chunks_up_to_its_batch_size_and_skips_locked_o
             async with conn.begin():
                 assert len(await take(conn, 150)) == 150
                 await conn.rollback()
-        # An item row waiting for its retry comes first; chunks fill the rest of the batch, whole.
+        # Item rows (small requests, retries) and chunks are taken oldest first: a row younger than every
+        # chunk fills what room the whole chunks leave; one older than them comes first.
+        young, old = uuid.uuid4(), uuid.uuid4()
         await setup.execute(
-            "INSERT INTO items (request_task_id, position, number, job, state, attempts) "
-            "VALUES ($1, 0, 7, 'sum', 'pending', 1)",
-            uuid.uuid4(),
+            "INSERT INTO items (request_task_id, position, number, job, state, attempts, created_at) "
+            "VALUES ($1, 0, 7, 'sum', 'pending', 1, now()), "
+            "($2, 0, 8, 'sum', 'pending', 0, now() - interval '1 h')",
+            young,
+            old,
         )
-        async with engine.connect() as conn, conn.begin():
-            taken = await take(conn, 100)
-            assert len(taken.rows) == 1 and taken.chunks == [(a, 0, 60)]
-            assert taken.numbers[:2] == [7, 0] and taken.attempts[:2] == [2, 1] and len(taken) == 61
-            await conn.rollback()
+        async with engine.connect() as conn:
+            async with conn.begin():
+                taken = await take(conn, 62)
+                assert taken.rows == [(old, 0), (young, 0)] and taken.chunks == [(a, 0, 60)]
+                assert taken.numbers[:3] == [8, 7, 0] and taken.attempts[:3] == [1, 2, 1] and len(taken) == 62
+                await conn.rollback()
+            async with conn.begin():
+                taken = await take(conn, 60)  # the old row, then chunk a would exceed the batch
+                assert taken.rows == [(old, 0), (young, 0)] and taken.chunks == []
+                await conn.rollback()
     finally:
         await setup.close()
         await engine.dispose()
@@ -203,12 +212,14 @@ async def test_a_failed_locked_batch_leaves_its_items_pending_for_a_retry(
 ) -> None:
     effect_processings.FLAKY_LOCKED_CALLS.clear()
     system = await _system(nats_url, database_url, system_factory)
-    await system.submit({"rid": "f", "items": [{"number": n, "job": "flaky_locked"} for n in range(3)]})
+    # Enough items for a chunk (store.CHUNK_MIN_ITEMS): the failure turns it into pending item rows.
+    await system.submit({"rid": "f", "items": [{"number": n, "job": "flaky_locked"} for n in range(10)]})
 
     async def recorded() -> bool:
         return bool((await system.request_state("f"))["recorded"])
 
     await wait_for(recorded, what="recorded")
+    assert await system.fetchval("SELECT item_count FROM item_chunks") == 10
     first = await system.publish_poll("flaky_locked", batch_size=100)
 
     async def failed_once() -> bool:
@@ -217,7 +228,7 @@ async def test_a_failed_locked_batch_leaves_its_items_pending_for_a_retry(
     await wait_for(failed_once, what="the first batch failed")
     assert await system.fetchval("SELECT count(*) FROM item_chunks") == 0
     rows = await system.fetch("SELECT state, attempts, error, not_before > now() AS waiting FROM items")
-    assert len(rows) == 3
+    assert len(rows) == 10
     assert all(r["state"] == "pending" and r["attempts"] == 1 for r in rows)
     assert all("ConnectionError" in r["error"] for r in rows)
 
@@ -227,7 +238,7 @@ async def test_a_failed_locked_batch_leaves_its_items_pending_for_a_retry(
     await wait_for(backoff_over, timeout=5, what="the backoff to pass")
     await system.publish_poll("flaky_locked", batch_size=100)
     state = await system.wait_processed("f")
-    assert [i["result"] for i in state["items"]] == [0, 10, 20]
+    assert [i["result"] for i in state["items"]] == [n * 10 for n in range(10)]
     assert await system.fetchval("SELECT max(attempts) FROM items") == 2
 
 

@@ -8,7 +8,7 @@ import uuid
 import orjson
 
 from squall.core.events import Item, ItemFields
-from squall.core.store import PENDING, NewItems, items_hash, present_rid, result_json
+from squall.core.store import CHUNK_MIN_ITEMS, PENDING, NewItems, items_hash, present_rid, result_json
 
 
 def items(*pairs: tuple[int, str]) -> list[ItemFields]:
@@ -53,32 +53,37 @@ def test_present_rid() -> None:
 
 def test_pending_items_of_chunked_processings_become_chunks_of_at_most_their_size() -> None:
     request = uuid.uuid4()
-    new = NewItems({"sum": 2, "mul": 5})
-    jobs = ["sum", "mul", "sum", "cube", "sum", "sum", "mul"]
+    new = NewItems({"sum": 4, "mul": 5})
+    jobs = ["sum"] * 11 + ["mul"] * 8 + ["cube"]
     outcomes = [PENDING] * len(jobs)
-    outcomes[3] = ("done", "27", None, None)  # an immediate processing's item stays a row
-    outcomes[4] = ("pending", None, "ConnectionError", 1.0)  # waiting for a retry: a row too
+    outcomes[3] = ("pending", None, "ConnectionError", 1.0)  # waiting for a retry: stays a row
+    outcomes[19] = ("done", "27", None, None)  # an immediate processing's item: a row
     new.add(request, [Item(number=n, job=job) for n, job in enumerate(jobs)], outcomes)
     assert new.chunks == [
-        (request, 0, "sum", [0, 2], [0, 2]),
-        (request, 1, "sum", [5], [5]),
-        (request, 2, "mul", [1, 6], [1, 6]),
+        (request, 0, "sum", [0, 1, 2, 4], [0, 1, 2, 4]),
+        (request, 1, "sum", [5, 6, 7, 8], [5, 6, 7, 8]),
+        (request, 2, "sum", [9, 10], [9, 10]),
+        (request, 3, "mul", [11, 12, 13, 14, 15], [11, 12, 13, 14, 15]),
+        (request, 4, "mul", [16, 17, 18], [16, 17, 18]),
     ]
     assert list(zip(new.position, new.job, new.state, strict=True)) == [
-        (3, "cube", "done"),
-        (4, "sum", "pending"),
+        (3, "sum", "pending"),
+        (19, "cube", "done"),
     ]
     assert new.pending_requests() == {request}
     document = orjson.loads(new.as_json())
-    assert document["chunks"][0] == [str(request), 0, "sum", [0, 2], [0, 2]]
-    assert document["p"] == [3, 4]
+    assert document["chunks"][0] == [str(request), 0, "sum", [0, 1, 2, 4], [0, 1, 2, 4]]
+    assert document["p"] == [3, 19]
 
 
-def test_a_request_without_chunked_items_keeps_every_item_a_row() -> None:
-    request, complete = uuid.uuid4(), uuid.uuid4()
+def test_fewer_items_than_a_chunk_is_worth_stay_rows() -> None:
+    request, small, complete = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     new = NewItems({"sum": 100})
-    new.add(request, [Item(number=1, job="mul"), Item(number=2, job="mul")], [PENDING, PENDING])
+    # Eight sum items make a chunk; seven, beside eight of an unchunked processing, stay rows.
+    new.add(request, [Item(number=n, job="sum") for n in range(CHUNK_MIN_ITEMS)], [PENDING] * CHUNK_MIN_ITEMS)
+    mixed = [Item(number=n, job="sum" if n < 7 else "mul") for n in range(15)]
+    new.add(small, mixed, [PENDING] * 15)
     new.add(complete, [Item(number=3, job="sum")], [("done", "5", None, None)])
-    assert new.chunks == []
-    assert new.position == [0, 1, 0] and new.state == ["pending", "pending", "done"]
-    assert new.pending_requests() == {request}
+    assert [(c[0], len(c[3])) for c in new.chunks] == [(request, CHUNK_MIN_ITEMS)]
+    assert new.request_task_id == [small] * 15 + [complete]
+    assert new.pending_requests() == {request, small}
