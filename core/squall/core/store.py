@@ -11,7 +11,6 @@ import json
 import math
 import uuid
 import weakref
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -446,16 +445,10 @@ class NewItems:
 
     def add(self, request_task_id: uuid.UUID, items: Sequence[Item], outcomes: Sequence[Outcome]) -> None:
         """A request's items with their outcomes, in order."""
-        if self.chunk_sizes and len(items) >= CHUNK_MIN_ITEMS:
-            waiting = Counter(
-                item.job
-                for item, outcome in zip(items, outcomes, strict=True)
-                if outcome == PENDING and item.job in self.chunk_sizes
-            )
-            jobs = {job for job, count in waiting.items() if count >= CHUNK_MIN_ITEMS}
-            if jobs:
-                self._add_chunked(request_task_id, items, outcomes, jobs)
-                return
+        chunked = self._chunkable(items, outcomes)
+        if chunked:
+            self._add_chunked(request_task_id, items, outcomes, chunked)
+            return
         count = len(items)
         self.request_task_id.extend([request_task_id] * count)
         self.position.extend(range(count))
@@ -468,31 +461,44 @@ class NewItems:
             self.error.extend(errors)
             self.retry_in.extend(delays)
 
-    def _add_chunked(
-        self, request_task_id: uuid.UUID, items: Sequence[Item], outcomes: Sequence[Outcome], jobs: set[str]
-    ) -> None:
-        by_job: dict[str, tuple[list[int], list[int]]] = {}
+    def _chunkable(self, items: Sequence[Item], outcomes: Sequence[Outcome]) -> dict[str, list[int]]:
+        """The positions of the items to record as chunks, by processing: the pending items of a chunked
+        processing, where the request has at least CHUNK_MIN_ITEMS of them."""
+        if not self.chunk_sizes or len(items) < CHUNK_MIN_ITEMS:
+            return {}
+        waiting: dict[str, list[int]] = {}
         for position, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
-            if item.job in jobs and outcome == PENDING:
-                positions, numbers = by_job.setdefault(item.job, ([], []))
-                positions.append(position)
-                numbers.append(item.number)
-                continue
-            self.request_task_id.append(request_task_id)
-            self.position.append(position)
-            self.number.append(item.number)
-            self.job.append(item.job)
-            self.state.append(outcome[0])
-            self.result.append(outcome[1])
-            self.error.append(outcome[2])
-            self.retry_in.append(outcome[3])
+            if outcome == PENDING and item.job in self.chunk_sizes:
+                waiting.setdefault(item.job, []).append(position)
+        return {job: positions for job, positions in waiting.items() if len(positions) >= CHUNK_MIN_ITEMS}
+
+    def _add_chunked(
+        self,
+        request_task_id: uuid.UUID,
+        items: Sequence[Item],
+        outcomes: Sequence[Outcome],
+        chunked: dict[str, list[int]],
+    ) -> None:
         part = 0
-        for job, (positions, numbers) in by_job.items():
+        for job, positions in chunked.items():
             size = self.chunk_sizes[job]
             for start in range(0, len(positions), size):
-                end = start + size
-                self.chunks.append((request_task_id, part, job, positions[start:end], numbers[start:end]))
+                taken = positions[start : start + size]
+                self.chunks.append((request_task_id, part, job, taken, [items[p].number for p in taken]))
                 part += 1
+        in_chunks = {p for positions in chunked.values() for p in positions}
+        if len(in_chunks) == len(items):
+            return
+        for position, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
+            if position not in in_chunks:
+                self.request_task_id.append(request_task_id)
+                self.position.append(position)
+                self.number.append(item.number)
+                self.job.append(item.job)
+                self.state.append(outcome[0])
+                self.result.append(outcome[1])
+                self.error.append(outcome[2])
+                self.retry_in.append(outcome[3])
 
     def pending_requests(self) -> set[uuid.UUID]:
         """The requests some of whose items are left pending (the others are complete once recorded)."""
