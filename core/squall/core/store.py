@@ -873,8 +873,9 @@ _WRITE_LEASED = _write_results_statement(
 )
 _WRITE_LOCKED = _write_results_statement("true", "items.attempts + 1")
 # Items taken with their chunks (locked by this transaction): the document lists the chunks (request, part,
-# item count) in order; the chunks go, and their items, numbered on from where each chunk's start, are
-# inserted with their outcome, their first attempt made.
+# item count) in the order their items were computed; the chunks go, and their items (outcome number:
+# the items of the chunks before it, plus the item's place in its chunk) are inserted with their outcome,
+# their first attempt made.
 _WRITE_CHUNKED = text(
     f"""
     WITH {_OUTCOMES}, taken AS (

@@ -6,7 +6,9 @@ redelivered message never has a second effect:
 * request events: ``requests.recorded_at`` flips once; only the transaction that flips it inserts items.
   Items of ``immediate`` processings are computed before that transaction and inserted with their results.
 * polling tasks: items are claimed (``FOR UPDATE SKIP LOCKED``, with a lease) in one transaction, computed,
-  and written in a second one only where the task still owns them.
+  and written in a second one only where the task still owns them. A ``claim="lock"`` processing's items
+  (recorded as chunks when a request has enough of them) are taken, computed and written in one
+  transaction that holds their row locks.
 """
 
 from __future__ import annotations
