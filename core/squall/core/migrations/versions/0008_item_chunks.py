@@ -11,7 +11,7 @@ recording and polling them took 2.62 s that way and 1.08 s with a request's item
 row and inserted with their outcome when polled.
 
 ``take_item_chunks(job, limit, already)`` locks a job's oldest chunks one at a time (SKIP LOCKED) until
-they hold ``limit`` items with the ``already`` taken (item rows waiting for a retry), never more unless
+they hold ``limit`` items with the ``already`` taken (item rows taken before them), never more unless
 nothing was taken and the first chunk alone holds more: a poll task's batch is counted in items,
 which one statement with a plain LIMIT cannot do, and locking rows as a cursor reads them would lock
 the first chunk that does not fit too.
