@@ -405,8 +405,8 @@ an immediate item that failed retryably waits this long, its first attempt made)
 
 PENDING: Outcome = ("pending", None, None, None)  # a batch processing's item, left to its poll tasks
 # A request's items of one processing are recorded as a chunk from this many on: below it, a chunk row
-# (and taking it alone) costs more than the item rows (P1 batch benchmark: 10 % fewer requests/s with
-# one-item chunks).
+# (and taking it alone) costs more than the item rows (P1 batch benchmark, one-item chunks: PostgreSQL
+# CPU per request 222-260 us against 181-202 as rows, docs/benchmarks.md).
 CHUNK_MIN_ITEMS = 8
 
 
