@@ -444,22 +444,30 @@ class NewItems:
         return orjson.dumps(columns).decode()
 
     def add(self, request_task_id: uuid.UUID, items: Sequence[Item], outcomes: Sequence[Outcome]) -> None:
-        """A request's items with their outcomes, in order."""
+        """A request's items with their outcomes, in order: as chunks (see :meth:`_chunkable`) or rows."""
+        rows: Sequence[int] = range(len(items))
         chunked = self._chunkable(items, outcomes)
         if chunked:
-            self._add_chunked(request_task_id, items, outcomes, chunked)
+            part = 0
+            for job, positions in chunked.items():
+                size = self.chunk_sizes[job]
+                for start in range(0, len(positions), size):
+                    taken = positions[start : start + size]
+                    self.chunks.append((request_task_id, part, job, taken, [items[p].number for p in taken]))
+                    part += 1
+            in_chunks = {p for positions in chunked.values() for p in positions}
+            rows = [p for p in rows if p not in in_chunks]
+        if not rows:
             return
-        count = len(items)
-        self.request_task_id.extend([request_task_id] * count)
-        self.position.extend(range(count))
-        self.number.extend([item.number for item in items])
-        self.job.extend([item.job for item in items])
-        if count:
-            states, results, errors, delays = zip(*outcomes, strict=True)
-            self.state.extend(states)
-            self.result.extend(results)
-            self.error.extend(errors)
-            self.retry_in.extend(delays)
+        self.request_task_id.extend([request_task_id] * len(rows))
+        self.position.extend(rows)
+        self.number.extend([items[p].number for p in rows])
+        self.job.extend([items[p].job for p in rows])
+        states, results, errors, delays = zip(*(outcomes[p] for p in rows), strict=True)
+        self.state.extend(states)
+        self.result.extend(results)
+        self.error.extend(errors)
+        self.retry_in.extend(delays)
 
     def _chunkable(self, items: Sequence[Item], outcomes: Sequence[Outcome]) -> dict[str, list[int]]:
         """The positions of the items to record as chunks, by processing: the pending items of a chunked
@@ -471,34 +479,6 @@ class NewItems:
             if outcome == PENDING and item.job in self.chunk_sizes:
                 waiting.setdefault(item.job, []).append(position)
         return {job: positions for job, positions in waiting.items() if len(positions) >= CHUNK_MIN_ITEMS}
-
-    def _add_chunked(
-        self,
-        request_task_id: uuid.UUID,
-        items: Sequence[Item],
-        outcomes: Sequence[Outcome],
-        chunked: dict[str, list[int]],
-    ) -> None:
-        part = 0
-        for job, positions in chunked.items():
-            size = self.chunk_sizes[job]
-            for start in range(0, len(positions), size):
-                taken = positions[start : start + size]
-                self.chunks.append((request_task_id, part, job, taken, [items[p].number for p in taken]))
-                part += 1
-        in_chunks = {p for positions in chunked.values() for p in positions}
-        if len(in_chunks) == len(items):
-            return
-        for position, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
-            if position not in in_chunks:
-                self.request_task_id.append(request_task_id)
-                self.position.append(position)
-                self.number.append(item.number)
-                self.job.append(item.job)
-                self.state.append(outcome[0])
-                self.result.append(outcome[1])
-                self.error.append(outcome[2])
-                self.retry_in.append(outcome[3])
 
     def pending_requests(self) -> set[uuid.UUID]:
         """The requests some of whose items are left pending (the others are complete once recorded)."""
@@ -762,23 +742,24 @@ _EXPAND_CHUNKS = text(
 )
 
 
+_CLAIM_LEASED = text(
+    f"""
+    UPDATE items SET state = 'running', attempts = items.attempts + 1, claim_task_id = :task,
+                     lease_until = now() + make_interval(secs => :lease), updated_at = now()
+    WHERE (request_task_id, position) IN ({_TAKE_ITEMS.format(columns="request_task_id, position", age="")})
+    RETURNING request_task_id, position, number, attempts
+    """
+)
+
+
 async def claim_items(
     conn: AsyncConnection, processing: str, task_id: uuid.UUID, limit: int, lease_seconds: float
 ) -> Claimed:
     """Claim up to ``limit`` items under a lease (marked running, committed by the caller): no two
     transactions can claim the same item (SKIP LOCKED)."""
     await conn.execute(_EXPAND_CHUNKS, {"job": processing, "limit": limit})
-    taken = _TAKE_ITEMS.format(columns="request_task_id, position", age="")
     rows = await conn.execute(
-        text(
-            f"""
-            UPDATE items SET state = 'running', attempts = items.attempts + 1, claim_task_id = :task,
-                             lease_until = now() + make_interval(secs => :lease), updated_at = now()
-            WHERE (request_task_id, position) IN ({taken})
-            RETURNING request_task_id, position, number, attempts
-            """
-        ),
-        {"task": task_id, "lease": lease_seconds, "job": processing, "limit": limit},
+        _CLAIM_LEASED, {"task": task_id, "lease": lease_seconds, "job": processing, "limit": limit}
     )
     claimed = Claimed()
     claimed.add_rows(rows)
@@ -786,6 +767,7 @@ async def claim_items(
 
 
 _OLDEST_CHUNK = text("SELECT min(created_at) FROM item_chunks WHERE job = :job")
+_TAKE_CHUNKS = text("SELECT request_task_id, part, numbers FROM take_item_chunks(:job, :limit, :taken)")
 # Item rows a locked batch takes: older than the oldest chunk (or younger), so neither kind starves.
 _LOCK_ROWS = {
     older: text(
@@ -811,10 +793,7 @@ async def lock_items(conn: AsyncConnection, processing: str, task_id: uuid.UUID,
     claimed.add_rows(await conn.execute(_LOCK_ROWS[True], {**params, "limit": limit}))
     if oldest is None or len(claimed) >= limit:
         return claimed
-    chunks = await conn.execute(
-        text("SELECT request_task_id, part, numbers FROM take_item_chunks(:job, :limit, :taken)"),
-        {"job": processing, "limit": limit, "taken": len(claimed)},
-    )
+    chunks = await conn.execute(_TAKE_CHUNKS, {"job": processing, "limit": limit, "taken": len(claimed)})
     for c in chunks:
         claimed.chunks.append((c.request_task_id, c.part, len(c.numbers)))
         claimed.chunk_numbers.extend(c.numbers)
