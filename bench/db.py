@@ -13,20 +13,29 @@ QUERY_TIMEOUT_SECONDS = 60.0
 
 _PROGRESS = "SELECT count(*) AS requests, count(*) FILTER (WHERE processed) AS processed FROM requests"
 
+# Items in a final state, n at a time: item rows, and result rows (a request's done items of one
+# processing, counted without unnesting them).
+_FINISHED = """
+finished AS (
+    SELECT state, updated_at, 1 AS n FROM items WHERE state IN ('done', 'failed')
+    UNION ALL
+    SELECT 'done', updated_at, item_count FROM item_results
+)"""
+
 # Throughput end to end: items in a final state over the time from the first acceptance to the last item
 # write. In immediate mode items are written with their result (updated_at = the recording transaction's
 # now()); in batch mode updated_at is the poll task's write of the result.
-_THROUGHPUT = """
-WITH r AS (
+_THROUGHPUT = f"""
+WITH {_FINISHED}, r AS (
     SELECT count(*) AS requests, coalesce(sum(item_count), 0) AS items_declared,
            min(created_at) AS first_created, max(created_at) AS last_created
     FROM requests
 ), i AS (
-    SELECT count(*) AS items,
-           count(*) FILTER (WHERE state = 'done') AS done,
-           count(*) FILTER (WHERE state = 'failed') AS failed,
+    SELECT coalesce(sum(n), 0) AS items,
+           coalesce(sum(n) FILTER (WHERE state = 'done'), 0) AS done,
+           coalesce(sum(n) FILTER (WHERE state = 'failed'), 0) AS failed,
            max(updated_at) AS last_updated
-    FROM items WHERE state IN ('done', 'failed')
+    FROM finished
 )
 SELECT r.requests, r.items_declared, i.items, i.done, i.failed,
        extract(epoch FROM i.last_updated - r.first_created)::float8 AS span_seconds,
@@ -38,8 +47,8 @@ FROM r, i
 
 # Throughput over time, in whole seconds since the first acceptance: requests accepted (created_at),
 # requests processed (processed_at) and items persisted in a final state (updated_at) per second.
-_TIMELINE = """
-WITH origin AS (SELECT min(created_at) AS t0 FROM requests),
+_TIMELINE = f"""
+WITH {_FINISHED}, origin AS (SELECT min(created_at) AS t0 FROM requests),
 accepted AS (
     SELECT floor(extract(epoch FROM created_at - t0))::int AS second, count(*) AS n
     FROM requests, origin GROUP BY 1
@@ -47,8 +56,8 @@ accepted AS (
     SELECT floor(extract(epoch FROM processed_at - t0))::int AS second, count(*) AS n
     FROM requests, origin WHERE processed GROUP BY 1
 ), persisted AS (
-    SELECT floor(extract(epoch FROM updated_at - t0))::int AS second, count(*) AS n
-    FROM items, origin WHERE state IN ('done', 'failed') GROUP BY 1
+    SELECT floor(extract(epoch FROM updated_at - t0))::int AS second, sum(n) AS n
+    FROM finished, origin GROUP BY 1
 )
 SELECT s.second, coalesce(a.n, 0) AS accepted, coalesce(p.n, 0) AS processed, coalesce(i.n, 0) AS items
 FROM (SELECT second FROM accepted UNION SELECT second FROM processed UNION SELECT second FROM persisted) s

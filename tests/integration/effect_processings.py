@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from squall.core.processings import PermanentError, processing
+from squall.core.processings import ItemFailed, PermanentError, processing
 
 EFFECT_LOG_ENV = "SQUALL_TEST_EFFECT_LOG"
 # In-process runs: every number a `record` batch computed, in order.
@@ -141,3 +141,19 @@ def flaky_locked(numbers: list[int]) -> list[int]:
     if len(FLAKY_LOCKED_CALLS) == 1:
         raise ConnectionError("the shared file system blinked")
     return [n * 10 for n in numbers]
+
+
+def _refuse_multiples_of_five(numbers: list[int]) -> list[int | ItemFailed]:
+    return [ItemFailed("a multiple of five") if n % 5 == 0 else n * 2 for n in numbers]
+
+
+@processing(name="picky_now", mode="immediate", batch_size=100)
+def picky_now(numbers: list[int]) -> list[int | ItemFailed]:
+    """Doubles each number, but fails the multiples of five (an answer per item, not a batch error)."""
+    return _refuse_multiples_of_five(numbers)
+
+
+@processing(name="picky_locked", mode="batch", batch_size=100, claim="lock")
+def picky_locked(numbers: list[int]) -> list[int | ItemFailed]:
+    """``picky_now`` as a lock-claimed batch processing."""
+    return _refuse_multiples_of_five(numbers)

@@ -146,12 +146,8 @@ class System:
         await self.stop_processors()
 
     async def recorded_items(self) -> int:
-        """Items recorded by processors: rows of ``items`` and the items waiting in chunks."""
-        return int(
-            await self.fetchval(
-                "SELECT (SELECT count(*) FROM items) + (SELECT coalesce(sum(item_count), 0) FROM item_chunks)"
-            )
-        )
+        """Items recorded by processors, whichever table holds them."""
+        return int(await self.fetchval("SELECT count(*) FROM all_items"))
 
     async def start_scheduler(self, name: str = "scheduler-0") -> Scheduler:
         """A scheduler replica in this loop; it leads if no other does."""

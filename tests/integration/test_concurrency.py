@@ -58,7 +58,7 @@ async def test_two_processors_drain_one_backlog_once(
     computed = Counter(effect_processings.RECORDED)
     assert len(computed) == total
     assert max(computed.values()) == 1, [n for n, c in computed.items() if c > 1][:10]
-    rows = await system.fetch("SELECT number, state, result, attempts FROM items")
+    rows = await system.fetch("SELECT number, state, result, attempts FROM all_items")
     assert all(r["state"] == "done" and r["attempts"] == 1 for r in rows)
     assert all(r["result"] == str(r["number"] + 1) for r in rows)
     # Both processors took part (each poll task is recorded with the items it processed).

@@ -47,14 +47,14 @@ async def test_sigkill_mid_batch_then_restart(
         victim = processes.start(f"victim-{round_}")
 
         async def claimed() -> bool:
-            return bool(await system.fetchval("SELECT count(*) FROM items WHERE state = 'running'"))
+            return bool(await system.fetchval("SELECT count(*) FROM all_items WHERE state = 'running'"))
 
         await wait_for(claimed, timeout=30, what="a batch claimed by the victim")
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         killed += 1
         # Its claims are still there: nobody else holds them.
-        assert await system.fetchval("SELECT count(*) FROM items WHERE state = 'running'") > 0
+        assert await system.fetchval("SELECT count(*) FROM all_items WHERE state = 'running'") > 0
 
     processes.start("survivor")
 
@@ -62,7 +62,7 @@ async def test_sigkill_mid_batch_then_restart(
         return await system.fetchval("SELECT count(*) FROM requests WHERE processed") == requests
 
     await wait_for(all_processed, timeout=90, interval=0.25, what="every request processed after the kills")
-    rows = await system.fetch("SELECT number, state, result, attempts, lease_until FROM items")
+    rows = await system.fetch("SELECT number, state, result, attempts, lease_until FROM all_items")
     assert len(rows) == requests * per_request
     for row in rows:
         assert row["state"] == "done", dict(row)
@@ -70,7 +70,7 @@ async def test_sigkill_mid_batch_then_restart(
         assert row["lease_until"] is None
         assert 1 <= row["attempts"] <= killed + 1
     # The killed batches were recomputed (attempts > 1) but written once: one row, one result each.
-    assert await system.fetchval("SELECT count(*) FROM items WHERE attempts > 1") > 0
+    assert await system.fetchval("SELECT count(*) FROM all_items WHERE attempts > 1") > 0
     assert await system.fetchval("SELECT count(*) FROM tasks WHERE state = 'running'") == 0
 
 
@@ -98,12 +98,12 @@ async def test_sigkill_mid_locked_batch_hands_the_items_back_at_once(
         return effects.exists() and effects.read_text().startswith("-")
 
     await wait_for(started, timeout=30, what="a locked batch being computed")
-    assert await system.fetchval("SELECT count(*) FROM items WHERE state <> 'pending'") == 0
+    assert await system.fetchval("SELECT count(*) FROM all_items WHERE state <> 'pending'") == 0
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     lines = effects.read_text().split()
     assert lines and all(line.startswith("-") for line in lines)  # killed before any result
-    rows = await system.fetch("SELECT state, attempts, claim_task_id FROM items")
+    rows = await system.fetch("SELECT state, attempts, claim_task_id FROM all_items")
     assert all(r["state"] == "pending" and r["attempts"] == 0 and r["claim_task_id"] is None for r in rows)
 
     processes.start("survivor")
@@ -114,7 +114,7 @@ async def test_sigkill_mid_locked_batch_hands_the_items_back_at_once(
         return bool(await system.fetchval("SELECT processed FROM requests WHERE rid = 'locked'"))
 
     await wait_for(processed, timeout=60, interval=0.25, what="the request processed by the survivor")
-    rows = await system.fetch("SELECT number, state, result, attempts, lease_until FROM items")
+    rows = await system.fetch("SELECT number, state, result, attempts, lease_until FROM all_items")
     assert sorted(r["number"] for r in rows) == numbers
     for row in rows:
         assert (row["state"], row["result"], row["attempts"], row["lease_until"]) == (

@@ -89,7 +89,7 @@ async def test_down_dependency_holds_its_processing_and_recovery_resumes(
     # Within two intervals of the recovery every sum item is processed, each once.
     state = await system.wait_processed("s", timeout=2 * interval + 1.0)
     assert [i["result"] for i in state["items"]] == [n + 2 for n in range(20)]
-    assert await system.fetchval("SELECT max(attempts) FROM items WHERE job = 'sum'") == 1
+    assert await system.fetchval("SELECT max(attempts) FROM all_items WHERE job = 'sum'") == 1
 
 
 async def _is(system: System, name: str, state: str) -> bool:
@@ -129,8 +129,8 @@ async def test_processor_hands_a_batch_back_without_counting_an_attempt(system: 
 
     task = await wait_for(finished, what="the poll task handed back")
     assert task["error"] == "handed back: paused" and task["items_processed"] == 0
-    assert await system.fetchval("SELECT attempts FROM items") == 0
-    assert await system.fetchval("SELECT state FROM items") == "pending"
+    assert await system.fetchval("SELECT attempts FROM all_items") == 0
+    assert await system.fetchval("SELECT state FROM all_items") == "pending"
 
 
 async def test_check_now_and_dependency_crud(system: System, probe: FileSystemProbe) -> None:

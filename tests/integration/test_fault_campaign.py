@@ -94,7 +94,7 @@ class Campaign:
 
         async def claimed() -> list[asyncpg.Record]:
             return await self.system.fetch(
-                "SELECT request_task_id, position FROM items WHERE state = 'running'"
+                "SELECT request_task_id, position FROM all_items WHERE state = 'running'"
             )
 
         held = await wait_for(claimed, timeout=60, interval=0.02, what="a batch in flight")
@@ -107,7 +107,7 @@ class Campaign:
 
         async def reclaimed() -> bool:
             left = await self.system.fetchval(
-                "SELECT count(*) FROM items i JOIN unnest($1::uuid[], $2::int[]) AS k(t, p) "
+                "SELECT count(*) FROM all_items i JOIN unnest($1::uuid[], $2::int[]) AS k(t, p) "
                 "ON i.request_task_id = k.t AND i.position = k.p WHERE i.state <> 'done'",
                 [k[0] for k in keys],
                 [k[1] for k in keys],
@@ -246,7 +246,7 @@ async def test_fault_campaign(
         assert lost == 0 and rids == set(accepted), (len(rids), len(accepted))
         items = await system.fetch(
             "SELECT r.rid, i.position, i.number, i.job, i.state, i.result, i.lease_until "
-            "FROM items i JOIN requests r ON r.task_id = i.request_task_id"
+            "FROM all_items i JOIN requests r ON r.task_id = i.request_task_id"
         )
         assert len(items) == ITEMS_PER_REQUEST * len(accepted)
         for item in items:
@@ -282,7 +282,7 @@ async def test_fault_campaign(
 
         # The kills hit claimed work: some items were claimed again after their lease ran out, and some
         # batches were computed twice (the effect log) — yet written once (the effects table above).
-        reclaimed = await system.fetchval("SELECT count(*) FROM items WHERE attempts > 1")
+        reclaimed = await system.fetchval("SELECT count(*) FROM all_items WHERE attempts > 1")
         assert reclaimed > 0
         computed = Counter(int(line) for line in effect_log.read_text().split())
         recomputed = sum(n - 1 for n in computed.values())

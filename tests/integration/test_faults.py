@@ -56,7 +56,7 @@ async def test_restarts_of_nats_and_postgres_under_load(
     await wait_for(all_processed, timeout=90, interval=0.5, what="every accepted request processed")
     rows = await system.fetch("SELECT rid FROM requests")
     assert {r["rid"] for r in rows} == set(load.accepted)  # nothing lost, nothing half-written
-    items = await system.fetch("SELECT number, job, state, result FROM items")
+    items = await system.fetch("SELECT number, job, state, result FROM all_items")
     assert len(items) == 5 * len(load.accepted)
     for item in items:
         expected = item["number"] + 2 if item["job"] == "sum" else item["number"] * 2

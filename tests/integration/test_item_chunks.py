@@ -1,5 +1,6 @@
 """Items of ``claim="lock"`` batch processings wait for their first poll as chunks (one row per request and
-processing) and are written once, with their outcome (real NATS JetStream and PostgreSQL)."""
+processing) and are written once, with their outcome; a request's done items of one processing are one
+result row (real NATS JetStream and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -70,11 +71,16 @@ async def test_lock_claimed_items_wait_in_chunks_and_are_written_once_with_their
     state = await system.wait_processed("mixed")
     assert [i["result"] for i in state["items"]] == [i["number"] + 1 for i in items]
     rows = await system.fetch(
-        "SELECT attempts, claim_task_id, state FROM items WHERE job = 'record_locked' ORDER BY position"
+        "SELECT attempts, claim_task_id, state FROM all_items WHERE job = 'record_locked' ORDER BY position"
     )
     assert len(rows) == 250 and all(r["attempts"] == 1 and r["state"] == "done" for r in rows)
     assert rows[0]["claim_task_id"] == first
+    # Every item of each chunk done: each chunk became a result row (its part kept); no item row written.
     assert await system.fetchval("SELECT count(*) FROM item_chunks") == 0
+    results = await system.fetch("SELECT part, item_count, claim_task_id FROM item_results ORDER BY part")
+    assert [(r["part"], r["item_count"]) for r in results] == [(0, 100), (1, 100), (2, 50)]
+    assert results[0]["claim_task_id"] == first != results[1]["claim_task_id"]
+    assert await system.fetchval("SELECT count(*) FROM items WHERE job = 'record_locked'") == 0
     assert sorted(effect_processings.RECORDED) == sorted(i["number"] for i in items)
     assert await _stats_of(system, "record_locked") == {"pending": 0, "done": 250, "failed": 0}
 
@@ -94,11 +100,10 @@ async def _counted_by_postgres(system: System, processing: str) -> dict[str, int
     row = (
         await system.fetch(
             """
-            SELECT (SELECT coalesce(sum(item_count), 0) FROM item_chunks WHERE job = $1)
-                   + count(*) FILTER (WHERE state IN ('pending', 'running')) AS pending,
+            SELECT count(*) FILTER (WHERE state IN ('pending', 'running')) AS pending,
                    count(*) FILTER (WHERE state = 'done') AS done,
                    count(*) FILTER (WHERE state = 'failed') AS failed
-            FROM items WHERE job = $1
+            FROM all_items WHERE job = $1
             """,
             processing,
         )
@@ -240,6 +245,108 @@ async def test_a_failed_locked_batch_leaves_its_items_pending_for_a_retry(
     state = await system.wait_processed("f")
     assert [i["result"] for i in state["items"]] == [n * 10 for n in range(10)]
     assert await system.fetchval("SELECT max(attempts) FROM items") == 2
+
+
+async def test_done_items_of_an_immediate_processing_are_one_result_row(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    system = await _system(nats_url, database_url, system_factory)
+    items = [{"number": n, "job": "picky_now"} for n in range(20)]  # 0, 5, 10 and 15 fail
+    items[3:3] = [{"number": 1000 + n, "job": "record"} for n in range(3)]  # pending for a poll
+    await system.submit({"rid": "now", "items": items})
+
+    async def recorded() -> dict[str, object] | None:
+        state = await system.request_state("now")
+        return state if state["recorded"] else None
+
+    state = await wait_for(recorded, what="recorded")
+    expected = [
+        ("pending", None)
+        if i["job"] == "record"
+        else ("failed", None)
+        if i["number"] % 5 == 0
+        else ("done", i["number"] * 2)
+        for i in items
+    ]
+    assert [(i["state"], i["result"]) for i in state["items"]] == expected
+    assert [i["number"] for i in state["items"]] == [i["number"] for i in items]
+    assert state["counts"] == {"pending": 3, "done": 16, "failed": 4}
+    task_id = uuid.UUID(state["task_id"])
+    results = await system.fetch("SELECT part, item_count, claim_task_id, results FROM item_results")
+    assert [(r["part"], r["item_count"]) for r in results] == [(0, 16)]
+    assert results[0]["claim_task_id"] is None
+    rows = await system.fetch(
+        "SELECT job, state FROM items WHERE request_task_id = $1 ORDER BY position", task_id
+    )
+    # Only the items not done are rows.
+    assert [(r["job"], r["state"]) for r in rows] == [
+        (i["job"], state) for i, (state, _) in zip(items, expected, strict=True) if state != "done"
+    ]
+    assert await _stats_of(system, "picky_now") == {"pending": 0, "done": 16, "failed": 4}
+    assert await system.fetchval("SELECT max(attempts) FROM all_items WHERE job = 'picky_now'") == 1
+
+    await system.publish_poll("record", batch_size=100)
+    state = await system.wait_processed("now")
+    assert state["counts"] == {"pending": 0, "done": 19, "failed": 4}
+
+
+async def test_a_chunk_is_one_result_row_only_when_all_its_items_are_done(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    system = await _system(nats_url, database_url, system_factory)
+    clean = [1, 2, 3, 4, 6, 7, 8, 9]  # no multiple of five: all done
+    await system.submit({"rid": "clean", "items": [{"number": n, "job": "picky_locked"} for n in clean]})
+    await system.submit({"rid": "picky", "items": [{"number": n, "job": "picky_locked"} for n in range(10)]})
+
+    async def chunked() -> bool:
+        return await system.fetchval("SELECT count(*) FROM item_chunks") == 2
+
+    await wait_for(chunked, what="both requests recorded as chunks")
+    task = await system.publish_poll("picky_locked", batch_size=100)
+    picky = await system.wait_processed("picky")
+    assert [(i["state"], i["result"]) for i in picky["items"]] == [
+        ("failed", None) if n % 5 == 0 else ("done", n * 2) for n in range(10)
+    ]
+    assert [i["result"] for i in (await system.wait_processed("clean"))["items"]] == [n * 2 for n in clean]
+    results = await system.fetch("SELECT request_task_id, item_count, claim_task_id FROM item_results")
+    assert [(str(r["request_task_id"]), r["item_count"], r["claim_task_id"]) for r in results] == [
+        ((await system.request_state("clean"))["task_id"], 8, task)
+    ]
+    rows = await system.fetch("SELECT state, count(*) AS n FROM items GROUP BY state ORDER BY state")
+    assert [(r["state"], r["n"]) for r in rows] == [("done", 8), ("failed", 2)]
+    assert await _stats_of(system, "picky_locked") == {"pending": 0, "done": 16, "failed": 2}
+
+
+def test_undoing_the_result_rows_migration_keeps_their_items_as_done_items(database_url: str) -> None:
+    request, task = uuid.uuid4(), uuid.uuid4()
+
+    async def run(statement: str, *args: object) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(plain_dsn(database_url))
+        try:
+            return await conn.fetch(statement, *args)
+        finally:
+            await conn.close()
+
+    asyncio.run(
+        run(
+            "INSERT INTO item_results (request_task_id, part, job, item_count, positions, numbers, results, "
+            "claim_task_id) VALUES ($1, 0, 'sum', 2, '{0,2}', '{7,9}', '[8, {\"a\": null}]', $2)",
+            request,
+            task,
+        )
+    )
+    config = migrate.alembic_config(load_settings(database_url=database_url))
+    command.downgrade(config, "0009")
+    rows = asyncio.run(
+        run(
+            "SELECT request_task_id, position, number, job, state, result, attempts, claim_task_id FROM items"
+        )
+    )
+    assert sorted(tuple(r) for r in rows) == [
+        (request, 0, 7, "sum", "done", "8", 1, task),
+        (request, 2, 9, "sum", "done", '{"a": null}', 1, task),
+    ]
+    command.upgrade(config, "head")
 
 
 def test_undoing_the_chunks_migration_keeps_their_items_as_pending_items(database_url: str) -> None:

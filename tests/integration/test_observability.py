@@ -145,7 +145,7 @@ async def test_a_replays_trace_reaches_the_poll_tasks_log(
     effect_processings.REFUSE_ONCE_CALLS.clear()
     system = await system_factory(make_settings(nats_url, database_url, processing_modules=[MODULE]))
     await system.submit({"rid": "r", "items": [{"number": 1, "job": "refuse_once"}]})
-    await wait_for(lambda: system.fetchval("SELECT count(*) FROM items"), what="recorded")
+    await wait_for(lambda: system.fetchval("SELECT count(*) FROM all_items"), what="recorded")
     task_id = await system.publish_poll("refuse_once", batch_size=10)
     await wait_for(
         lambda: system.fetchval("SELECT state = 'dead' FROM tasks WHERE id = $1", task_id), what="dead"

@@ -248,7 +248,7 @@ async def test_a_replay_traces_into_the_poll_task(
     )
     system = await system_factory(settings)
     await system.submit({"rid": "r", "items": [{"number": 1, "job": "refuse_once"}]})
-    await wait_for(lambda: system.fetchval("SELECT count(*) FROM items"), what="recorded")
+    await wait_for(lambda: system.fetchval("SELECT count(*) FROM all_items"), what="recorded")
     task_id = await system.publish_poll("refuse_once", batch_size=10)  # as the scheduler: no traceparent
     await wait_for(
         lambda: system.fetchval("SELECT state = 'dead' FROM tasks WHERE id = $1", task_id), what="dead"

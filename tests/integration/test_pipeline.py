@@ -66,7 +66,7 @@ async def test_immediate_mode_needs_no_poll_task(
     await system.submit({"rid": "now-1", "items": _items()})
     _check_results(await system.wait_processed("now-1"))
     assert await system.fetchval("SELECT count(*) FROM tasks WHERE kind = 'poll'") == 0
-    assert await system.fetchval("SELECT min(attempts) FROM items") == 1
+    assert await system.fetchval("SELECT min(attempts) FROM all_items") == 1
 
 
 async def test_resubmission_is_idempotent_and_conflict_is_409(system: System) -> None:
@@ -87,7 +87,7 @@ async def test_resubmission_is_idempotent_and_conflict_is_409(system: System) ->
     # After processing, the identical submission still answers the same task; items recorded once.
     later = await system.submit(body, expect=200)
     assert later["task_id"] == first["task_id"]
-    assert await system.fetchval("SELECT count(*) FROM items") == 2
+    assert await system.fetchval("SELECT count(*) FROM all_items") == 2
     # An integer rid and the same digits as a string are one request.
     await system.submit({"rid": 42, "items": [{"number": 1, "job": "sum"}]}, expect=202)
     await system.submit({"rid": "42", "items": [{"number": 1, "job": "sum"}]}, expect=200)

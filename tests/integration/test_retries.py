@@ -31,7 +31,7 @@ async def test_retryable_failure_waits_its_backoff_then_succeeds(
         return (await system.client.get(f"/v1/tasks/{first}")).json()["state"] == "failed"
 
     await wait_for(failed_once, what="the first batch failed")
-    rows = await system.fetch("SELECT state, attempts, error, not_before, updated_at FROM items")
+    rows = await system.fetch("SELECT state, attempts, error, not_before, updated_at FROM all_items")
     assert all(r["state"] == "pending" and r["attempts"] == 1 for r in rows)
     assert all("ConnectionError" in r["error"] for r in rows)
     # Backoff: 0.5 s x 2^0, +-20 %.
@@ -45,18 +45,18 @@ async def test_retryable_failure_waits_its_backoff_then_succeeds(
         return task if task["state"] in ("succeeded", "failed") else None
 
     early_task = await wait_for(lambda: finished(early), what="the early poll")
-    if await system.fetchval("SELECT min(not_before) FROM items") > dt.datetime.now(dt.UTC):
+    if await system.fetchval("SELECT min(not_before) FROM all_items") > dt.datetime.now(dt.UTC):
         assert early_task["items_processed"] == 0
     await wait_for(lambda: _not_before_passed(system), what="the backoff to pass", timeout=5)
     await system.publish_poll("flaky", batch_size=100)
     state = await system.wait_processed("f")
     assert [i["result"] for i in state["items"]] == [0, 10, 20]
-    assert await system.fetchval("SELECT max(attempts) FROM items") == 2
+    assert await system.fetchval("SELECT max(attempts) FROM all_items") == 2
     assert len(effect_processings.FLAKY_CALLS) == 2
 
 
 async def _not_before_passed(system: System) -> bool:
-    return bool(await system.fetchval("SELECT bool_and(not_before <= now()) FROM items"))
+    return bool(await system.fetchval("SELECT bool_and(not_before <= now()) FROM all_items"))
 
 
 async def test_permanent_failure_fails_the_items_at_once(
@@ -71,7 +71,7 @@ async def test_permanent_failure_fails_the_items_at_once(
     state = await system.wait_processed("p")  # processed: nothing left pending
     assert state["counts"] == {"pending": 0, "done": 0, "failed": 2}
     assert all(i["error"] == "permanent: this input can never be processed" for i in state["items"])
-    assert await system.fetchval("SELECT max(attempts) FROM items") == 1
+    assert await system.fetchval("SELECT max(attempts) FROM all_items") == 1
 
 
 async def test_immediate_items_are_retried_by_their_schedule(
@@ -83,7 +83,7 @@ async def test_immediate_items_are_retried_by_their_schedule(
     await system.submit({"rid": "now", "items": [{"number": n, "job": "flaky_now"} for n in range(3)]})
     state = await system.wait_processed("now", timeout=30)
     assert [i["result"] for i in state["items"]] == [0, 7, 14]
-    rows = await system.fetch("SELECT attempts, error FROM items ORDER BY position")
+    rows = await system.fetch("SELECT attempts, error FROM all_items ORDER BY position")
     assert [r["attempts"] for r in rows] == [2, 2, 2]  # computed at recording, then once by a poll task
     # Once all together at recording, then once each by the schedule's poll tasks: the backoff has a
     # jitter per item, so a poll task may find some of them due and the next one the rest.

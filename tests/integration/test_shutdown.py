@@ -49,13 +49,13 @@ async def test_processor_sigterm_exits_zero_and_loses_nothing(
         first = processes.start("first", SQUALL_PROCESSOR__SHUTDOWN_GRACE_SECONDS=grace)
 
         async def claimed() -> bool:
-            return bool(await system.fetchval("SELECT count(*) FROM items WHERE state = 'running'"))
+            return bool(await system.fetchval("SELECT count(*) FROM all_items WHERE state = 'running'"))
 
         await wait_for(claimed, timeout=30, what="a batch in flight")
         first.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(first.wait, 30)
         assert code == 0
-        running = await system.fetchval("SELECT count(*) FROM items WHERE state = 'running'")
+        running = await system.fetchval("SELECT count(*) FROM all_items WHERE state = 'running'")
         if outcome == "finished":
             assert running == 0  # the batch in flight was completed before exiting
         processes.start("second")
@@ -64,7 +64,7 @@ async def test_processor_sigterm_exits_zero_and_loses_nothing(
             return bool(await system.fetchval("SELECT bool_and(processed) FROM requests"))
 
         await wait_for(all_processed, timeout=60, interval=0.25, what="every request processed")
-        assert await system.fetchval("SELECT count(*) FROM items WHERE state <> 'done'") == 0
+        assert await system.fetchval("SELECT count(*) FROM all_items WHERE state <> 'done'") == 0
     finally:
         processes.stop_all()
 
@@ -170,7 +170,8 @@ async def test_processor_sigterm_past_the_grace_hands_a_locked_batch_back(
             return bool(await system.fetchval("SELECT processed FROM requests WHERE rid = 'locked'"))
 
         await wait_for(processed, timeout=60, interval=0.25, what="the request processed by the second")
-        rows = await system.fetch("SELECT number, state, result, attempts FROM items")
+        rows = await system.fetch("SELECT number, state, result, attempts FROM all_items")
+        assert len(rows) == 25
         assert all(
             (r["state"], r["result"], r["attempts"]) == ("done", str(r["number"] + 1), 1) for r in rows
         )

@@ -36,10 +36,7 @@ async def scrape(system: System) -> dict[tuple[str, tuple[tuple[str, str], ...]]
 
 async def truth(system: System) -> dict[str, Any]:
     """The same totals counted the slow way, over every row."""
-    rows = await system.fetch(
-        "SELECT job, state, count(*) AS n FROM items GROUP BY job, state "
-        "UNION ALL SELECT job, 'pending', sum(item_count) FROM item_chunks GROUP BY job"
-    )
+    rows = await system.fetch("SELECT job, state, count(*) AS n FROM all_items GROUP BY job, state")
     items: dict[str, dict[str, int]] = {}
     for row in rows:
         counts = items.setdefault(row["job"], {"pending": 0, "done": 0, "failed": 0})
@@ -53,8 +50,7 @@ async def truth(system: System) -> dict[str, Any]:
         "dead_tasks": {r["processing"]: r["n"] for r in dead},
         "backlog": await system.fetchval(
             "SELECT (SELECT coalesce(sum(item_count), 0) FROM requests WHERE recorded_at IS NULL)"
-            " + (SELECT count(*) FROM items WHERE state IN ('pending', 'running'))"
-            " + (SELECT coalesce(sum(item_count), 0) FROM item_chunks)"
+            " + (SELECT count(*) FROM all_items WHERE state IN ('pending', 'running'))"
         ),
     }
 
@@ -146,7 +142,7 @@ async def test_failures_dead_tasks_and_replays_are_counted(
     effect_processings.REFUSE_ONCE_CALLS.clear()  # fails its first call in this process
     system = await system_factory(make_settings(nats_url, database_url, processing_modules=[MODULE]))
     await system.submit({"rid": "r1", "items": [{"number": n, "job": "refuse_once"} for n in (1, 2, 3)]})
-    await wait_for(lambda: system.fetchval("SELECT count(*) FROM items"), what="recorded")
+    await wait_for(lambda: system.recorded_items(), what="recorded")
     task_id = await system.publish_poll("refuse_once", batch_size=10)
 
     async def dead() -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ async def test_failed_poll_tasks_and_paging(
         await system.submit({"rid": f"t{index}", "items": [{"number": index, "job": "refuse"}]})
 
     async def recorded() -> bool:
-        return await system.fetchval("SELECT count(*) FROM items") == 5
+        return await system.fetchval("SELECT count(*) FROM all_items") == 5
 
     await wait_for(recorded, what="recorded")
     failing = await system.publish_poll("refuse", batch_size=100)
@@ -79,7 +79,7 @@ async def test_replaying_a_dead_task_once(
     await system.submit({"rid": "r", "items": [{"number": n, "job": "refuse_once"} for n in range(3)]})
 
     async def recorded() -> bool:
-        return await system.fetchval("SELECT count(*) FROM items") == 3
+        return await system.fetchval("SELECT count(*) FROM all_items") == 3
 
     await wait_for(recorded, what="recorded")
     task_id = await system.publish_poll("refuse_once", batch_size=100)

@@ -38,7 +38,7 @@ async def test_top_once_shows_every_section(
     effect_processings.REFUSE_ONCE_CALLS.clear()
     system = await system_factory(make_settings(nats_url, database_url, processing_modules=[MODULE]))
     await system.submit({"rid": "bad", "items": [{"number": n, "job": "refuse_once"} for n in (1, 2)]})
-    await wait_for(lambda: system.fetchval("SELECT count(*) FROM items"), what="recorded")
+    await wait_for(lambda: system.fetchval("SELECT count(*) FROM all_items"), what="recorded")
     dead_id = await system.publish_poll("refuse_once", batch_size=10)
     await wait_for(
         lambda: system.fetchval("SELECT state = 'dead' FROM tasks WHERE id = $1", dead_id), what="dead task"

@@ -8,7 +8,15 @@ import uuid
 import orjson
 
 from squall.core.events import Item, ItemFields
-from squall.core.store import CHUNK_MIN_ITEMS, PENDING, NewItems, items_hash, present_rid, result_json
+from squall.core.store import (
+    CHUNK_MIN_ITEMS,
+    PENDING,
+    NewItems,
+    items_hash,
+    pg_array,
+    present_rid,
+    result_json,
+)
 
 
 def items(*pairs: tuple[int, str]) -> list[ItemFields]:
@@ -72,7 +80,7 @@ def test_pending_items_of_chunked_processings_become_chunks_of_at_most_their_siz
     ]
     assert new.pending_requests() == {request}
     document = orjson.loads(new.as_json())
-    assert document["chunks"][0] == [str(request), 0, "sum", [0, 1, 2, 4], [0, 1, 2, 4]]
+    assert document["chunks"][0] == [str(request), 0, "sum", "{0,1,2,4}", "{0,1,2,4}"]
     assert document["p"] == [3, 19]
 
 
@@ -87,3 +95,33 @@ def test_fewer_items_than_a_chunk_is_worth_stay_rows() -> None:
     assert [(c[0], len(c[3])) for c in new.chunks] == [(request, CHUNK_MIN_ITEMS)]
     assert new.request_task_id == [small] * 15 + [complete]
     assert new.pending_requests() == {request, small}
+
+
+def test_done_items_of_a_processing_become_one_result_row_after_the_chunks() -> None:
+    request, few = uuid.uuid4(), uuid.uuid4()
+    new = NewItems({"sum": 100})
+    jobs = ["sum"] * 8 + ["cube"] * 10
+    outcomes = [PENDING] * 8 + [("done", str(n**3), None, None) for n in range(8, 18)]
+    outcomes[12] = ("failed", None, "too big", None)  # failed: stays a row, the others still make a row
+    new.add(request, [Item(number=n, job=job) for n, job in enumerate(jobs)], outcomes)
+    # Seven done items of a request are not worth a result row.
+    new.add(few, [Item(number=n, job="cube") for n in range(7)], [("done", "1", None, None)] * 7)
+    assert [c[:3] for c in new.chunks] == [(request, 0, "sum")]
+    positions = [8, 9, 10, 11, 13, 14, 15, 16, 17]
+    assert new.done == [(request, 1, "cube", positions, positions, [str(n**3) for n in positions])]
+    assert list(zip(new.request_task_id, new.position, new.state, strict=True)) == [
+        (request, 12, "failed"),
+        *[(few, p, "done") for p in range(7)],
+    ]
+    assert new.pending_requests() == {request}
+    document = orjson.loads(new.as_json())
+    assert document["done"] == [
+        [str(request), 1, "cube", pg_array(positions), pg_array(positions), [n**3 for n in positions]]
+    ]
+    assert new.outcomes() == {("sum", "pending"): 8, ("cube", "done"): 16, ("cube", "failed"): 1}
+    assert new.outcomes(of={few}) == {("cube", "done"): 7}
+
+
+def test_pg_array() -> None:
+    assert pg_array([]) == "{}"
+    assert pg_array([0, -1, 2**62]) == "{0,-1,4611686018427387904}"

@@ -148,6 +148,40 @@ item_chunks = Table(
 )
 
 
+# A request's items of one processing that are all done — computed when recorded, or a chunk all done by
+# one poll task — are one row: the arrays in item order (migration 0010). The view ``all_items`` (same
+# migration) shows every item, whichever of items, item_chunks and item_results holds it.
+item_results = Table(
+    "item_results",
+    metadata,
+    Column("request_task_id", UUID(as_uuid=True), nullable=False),
+    Column(
+        "part",
+        Integer,
+        nullable=False,
+        comment="Unique among the request's chunks and result rows (a chunk done keeps its part).",
+    ),
+    Column("job", Text, nullable=False),
+    Column("item_count", Integer, nullable=False),
+    Column("positions", ARRAY(Integer), nullable=False),
+    Column("numbers", ARRAY(BigInteger), nullable=False),
+    Column("results", JSONB, nullable=False),
+    Column(
+        "claim_task_id",
+        UUID(as_uuid=True),
+        comment="The poll task that computed them; NULL: computed when recorded.",
+    ),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("request_task_id", "part", name="item_results_pkey"),
+    CheckConstraint(
+        "item_count > 0 AND item_count = cardinality(positions) AND item_count = cardinality(numbers) "
+        "AND item_count = jsonb_array_length(results)",
+        name="item_results_counts",
+    ),
+)
+
+
 # --- counts (see store.read_stats) -------------------------------------------------------------------------
 
 STAT_COUNTERS = ("requests_recorded", "requests_processed", "items_recorded", "items_done", "items_failed")

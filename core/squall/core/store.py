@@ -11,9 +11,10 @@ import json
 import math
 import uuid
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import TextClause, text
@@ -245,13 +246,8 @@ async def get_request(engine: AsyncEngine, rid: str) -> dict[str, Any] | None:
             await conn.execute(
                 text(
                     """
-                    SELECT position, number, job, state, result, error FROM items WHERE request_task_id = :t
-                    UNION ALL
-                    SELECT i.position, i.number, c.job, 'pending', NULL, NULL
-                    FROM item_chunks c
-                    CROSS JOIN LATERAL unnest(c.positions, c.numbers) AS i(position, number)
-                    WHERE c.request_task_id = :t
-                    ORDER BY position
+                    SELECT position, number, job, state, result, error FROM all_items
+                    WHERE request_task_id = :t ORDER BY position
                     """
                 ),
                 {"t": head.task_id},
@@ -404,17 +400,24 @@ an immediate item that failed retryably waits this long, its first attempt made)
 
 
 PENDING: Outcome = ("pending", None, None, None)  # a batch processing's item, left to its poll tasks
-# A request's items of one processing are recorded as a chunk from this many on: below it, a chunk row
-# (and taking it alone) costs more than the item rows (P1 batch benchmark, one-item chunks: PostgreSQL
-# CPU per request 222-260 us against 181-202 as rows, docs/benchmarks.md).
+# A request's items of one processing are recorded as a chunk (pending) or a result row (done) from this
+# many on: below it, a chunk row (and taking it alone) costs more than the item rows (P1 batch benchmark,
+# one-item chunks: PostgreSQL CPU per request 222-260 us against 181-202 as rows, docs/benchmarks.md).
 CHUNK_MIN_ITEMS = 8
+
+
+def pg_array(values: Sequence[int]) -> str:
+    """Integers as a PostgreSQL array literal: cast in SQL, it costs a fraction of unpacking a JSON array
+    element by element (migration 0010)."""
+    return "{" + orjson.dumps(values).decode()[1:-1] + "}"
 
 
 @dataclass
 class NewItems:
-    """Items to insert, column by column: a batch holds thousands, so no object per item. The pending items
-    of the processings in ``chunk_sizes`` (processing → most items per chunk) are recorded as chunks
-    instead (``item_chunks``, see :func:`lock_items`) when a request has at least ``CHUNK_MIN_ITEMS``."""
+    """Items to insert, column by column: a batch holds thousands, so no object per item. Where a request
+    has at least ``CHUNK_MIN_ITEMS`` items of one processing, the pending ones of a processing in
+    ``chunk_sizes`` (processing → most items per chunk) are recorded as chunks (``item_chunks``, see
+    :func:`lock_items`), and the done ones (immediate processings) as one result row (``item_results``)."""
 
     chunk_sizes: Mapping[str, int] = field(default_factory=dict)
     request_task_id: list[uuid.UUID] = field(default_factory=list)
@@ -425,7 +428,9 @@ class NewItems:
     result: list[str | None] = field(default_factory=list)
     error: list[str | None] = field(default_factory=list)
     retry_in: list[float | None] = field(default_factory=list)
+    # (request, part, processing, positions, numbers[, results as JSON text]); parts are unique per request.
     chunks: list[tuple[uuid.UUID, int, str, list[int], list[int]]] = field(default_factory=list)
+    done: list[tuple[uuid.UUID, int, str, list[int], list[int], list[str]]] = field(default_factory=list)
 
     def as_json(self) -> str:
         """The columns as one JSON document: the driver encodes one string instead of checking the type of
@@ -439,15 +444,18 @@ class NewItems:
             "r": _embedded(self.result),
             "e": self.error,
             "d": self.retry_in,
-            "chunks": self.chunks,
+            "chunks": [(t, part, job, pg_array(p), pg_array(n)) for t, part, job, p, n in self.chunks],
+            "done": [
+                (t, part, job, pg_array(p), pg_array(n), _embedded(r)) for t, part, job, p, n, r in self.done
+            ],
         }
         return orjson.dumps(columns).decode()
 
     def add(self, request_task_id: uuid.UUID, items: Sequence[Item], outcomes: Sequence[Outcome]) -> None:
-        """A request's items with their outcomes, in order: as chunks (see :meth:`_chunkable`) or rows."""
+        """A request's items with their outcomes, in order: as chunks, result rows or item rows."""
         rows: Sequence[int] = range(len(items))
-        chunked = self._chunkable(items, outcomes)
-        if chunked:
+        chunked, done = self._grouped(items, outcomes)
+        if chunked or done:
             part = 0
             for job, positions in chunked.items():
                 size = self.chunk_sizes[job]
@@ -455,8 +463,13 @@ class NewItems:
                     taken = positions[start : start + size]
                     self.chunks.append((request_task_id, part, job, taken, [items[p].number for p in taken]))
                     part += 1
-            in_chunks = {p for positions in chunked.values() for p in positions}
-            rows = [p for p in rows if p not in in_chunks]
+            for job, positions in done.items():
+                numbers = [items[p].number for p in positions]
+                computed = [cast(str, outcomes[p][1]) for p in positions]
+                self.done.append((request_task_id, part, job, positions, numbers, computed))
+                part += 1
+            grouped = {p for groups in (chunked, done) for positions in groups.values() for p in positions}
+            rows = [p for p in rows if p not in grouped]
         if not rows:
             return
         self.request_task_id.extend([request_task_id] * len(rows))
@@ -469,22 +482,52 @@ class NewItems:
         self.error.extend(errors)
         self.retry_in.extend(delays)
 
-    def _chunkable(self, items: Sequence[Item], outcomes: Sequence[Outcome]) -> dict[str, list[int]]:
-        """The positions of the items to record as chunks, by processing: the pending items of a chunked
-        processing, where the request has at least CHUNK_MIN_ITEMS of them."""
-        if not self.chunk_sizes or len(items) < CHUNK_MIN_ITEMS:
-            return {}
+    def _grouped(
+        self, items: Sequence[Item], outcomes: Sequence[Outcome]
+    ) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """The positions of the items to record as chunks and as result rows, by processing: a chunked
+        processing's pending items, and any processing's done ones, where the request has at least
+        CHUNK_MIN_ITEMS of them."""
+        if len(items) < CHUNK_MIN_ITEMS:
+            return {}, {}
         waiting: dict[str, list[int]] = {}
+        done: dict[str, list[int]] = {}
         for position, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
-            if outcome == PENDING and item.job in self.chunk_sizes:
-                waiting.setdefault(item.job, []).append(position)
-        return {job: positions for job, positions in waiting.items() if len(positions) >= CHUNK_MIN_ITEMS}
+            if outcome == PENDING:
+                if item.job in self.chunk_sizes:
+                    waiting.setdefault(item.job, []).append(position)
+            elif outcome[0] == "done":
+                done.setdefault(item.job, []).append(position)
+        return _at_least(waiting), _at_least(done)
 
     def pending_requests(self) -> set[uuid.UUID]:
         """The requests some of whose items are left pending (the others are complete once recorded)."""
         pending = {t for t, state in zip(self.request_task_id, self.state, strict=True) if state == "pending"}
         pending.update(chunk[0] for chunk in self.chunks)
         return pending
+
+    def outcomes(self, of: Container[uuid.UUID] | None = None) -> Counter[tuple[str, str]]:
+        """How many items by (processing, state), of every request or only of those in ``of``."""
+        counts: Counter[tuple[str, str]] = Counter()
+        if of is None:
+            counts.update(zip(self.job, self.state, strict=True))
+        else:
+            counts.update(
+                (job, state)
+                for t, job, state in zip(self.request_task_id, self.job, self.state, strict=True)
+                if t in of
+            )
+        for t, _, job, positions, _ in self.chunks:
+            if of is None or t in of:
+                counts[job, "pending"] += len(positions)
+        for t, _, job, positions, _, _ in self.done:
+            if of is None or t in of:
+                counts[job, "done"] += len(positions)
+        return counts
+
+
+def _at_least(groups: dict[str, list[int]]) -> dict[str, list[int]]:
+    return {job: positions for job, positions in groups.items() if len(positions) >= CHUNK_MIN_ITEMS}
 
 
 @dataclass(frozen=True)
@@ -523,10 +566,16 @@ _RECORD_REQUESTS = text(
         FROM new
     ), chunked AS (
         INSERT INTO item_chunks (request_task_id, part, job, item_count, positions, numbers)
-        SELECT claimed.task_id, CAST(c ->> 1 AS int), c ->> 2, jsonb_array_length(c -> 3),
-               CAST(ARRAY(SELECT jsonb_array_elements_text(c -> 3)) AS int[]),
-               CAST(ARRAY(SELECT jsonb_array_elements_text(c -> 4)) AS bigint[])
+        SELECT claimed.task_id, CAST(c ->> 1 AS int), c ->> 2, cardinality(CAST(c ->> 3 AS int[])),
+               CAST(c ->> 3 AS int[]), CAST(c ->> 4 AS bigint[])
         FROM doc, jsonb_array_elements(doc.d -> 'chunks') AS c
+        JOIN claimed ON claimed.task_id = CAST(c ->> 0 AS uuid)
+        RETURNING job, item_count
+    ), done AS (
+        INSERT INTO item_results (request_task_id, part, job, item_count, positions, numbers, results)
+        SELECT claimed.task_id, CAST(c ->> 1 AS int), c ->> 2, jsonb_array_length(c -> 5),
+               CAST(c ->> 3 AS int[]), CAST(c ->> 4 AS bigint[]), c -> 5
+        FROM doc, jsonb_array_elements(doc.d -> 'done') AS c
         JOIN claimed ON claimed.task_id = CAST(c ->> 0 AS uuid)
         RETURNING job, item_count
     ), finished AS (
@@ -549,6 +598,10 @@ _RECORD_REQUESTS = text(
         GROUP BY c.counter, new.j
         UNION ALL
         SELECT 'items_recorded', job, sum(item_count) FROM chunked GROUP BY job
+        UNION ALL
+        SELECT c.counter, done.job, sum(done.item_count)
+        FROM done CROSS JOIN (VALUES ('items_recorded'), ('items_done')) AS c(counter)
+        GROUP BY c.counter, done.job
     )
     SELECT task_id, complete, seconds FROM claimed
     """
@@ -851,10 +904,10 @@ _WRITE_LEASED = _write_results_statement(
     "items.claim_task_id = :task AND items.state = 'running'", "items.attempts"
 )
 _WRITE_LOCKED = _write_results_statement("true", "items.attempts + 1")
-# Items taken with their chunks (locked by this transaction): the document lists the chunks (request, part,
-# item count) in the order their items were computed; the chunks go, and their items (outcome number:
-# the items of the chunks before it, plus the item's place in its chunk) are inserted with their outcome,
-# their first attempt made.
+# Chunks (locked by this transaction) some of whose items are not done: the document lists the chunks
+# (request, part, item count) in the order their items were computed; the chunks go, and their items
+# (outcome number: the items of the chunks before it, plus the item's place in its chunk) are inserted
+# with their outcome, their first attempt made.
 _WRITE_CHUNKED = text(
     f"""
     WITH {_OUTCOMES}, taken AS (
@@ -877,6 +930,30 @@ _WRITE_CHUNKED = text(
     ), {_COUNT_OUTCOMES}
     """
 )
+# Chunks whose items are all done: each becomes a result row (same part), its arrays moved as they are.
+_FINISH_CHUNKS = text(
+    """
+    WITH taken AS (
+        SELECT CAST(c ->> 0 AS uuid) AS t, CAST(c ->> 1 AS int) AS k, c -> 2 AS results
+        FROM jsonb_array_elements(CAST(:chunks AS jsonb)) AS c
+    ), gone AS (
+        DELETE FROM item_chunks c USING taken
+        WHERE c.request_task_id = taken.t AND c.part = taken.k
+        RETURNING c.request_task_id, c.part, c.job, c.item_count, c.positions, c.numbers, c.created_at,
+                  taken.results
+    ), written AS (
+        INSERT INTO item_results (request_task_id, part, job, item_count, positions, numbers, results,
+                                  claim_task_id, created_at)
+        SELECT request_task_id, part, job, item_count, positions, numbers, results, :task, created_at
+        FROM gone
+        RETURNING request_task_id, job, item_count
+    ), counted AS (
+        INSERT INTO stat_deltas (counter, processing, n)
+        SELECT 'items_done', job, sum(item_count) FROM written GROUP BY job
+    )
+    SELECT DISTINCT request_task_id FROM written
+    """
+)
 
 
 async def write_results(
@@ -889,15 +966,32 @@ async def write_results(
     """Write the outcome of claimed items, only where this task still owns them: one effect per item
     (``locked``: taken by :func:`lock_items` in this transaction, which counts their attempt now); answers
     the requests of the items written. An item put back to pending waits its delay (seconds) before it may
-    be claimed again. The outcomes go as one JSON document (see :meth:`NewItems.as_json`)."""
+    be claimed again. The outcomes go as one JSON document (see :meth:`NewItems.as_json`); a chunk whose
+    items are all done becomes one result row."""
     touched: set[uuid.UUID] = set()
     rows = len(claimed.rows)
     if rows:
         statement = _WRITE_LOCKED if locked else _WRITE_LEASED
         columns: dict[str, list[Any]] = {"t": [t for t, _ in claimed.rows], "p": [p for _, p in claimed.rows]}
         touched |= await _write(conn, statement, task_id, columns, outcomes[:rows])
-    if claimed.chunks:
-        touched |= await _write(conn, _WRITE_CHUNKED, task_id, {"c": claimed.chunks}, outcomes[rows:])
+    finished: list[tuple[uuid.UUID, int, list[orjson.Fragment | None]]] = []
+    unfinished: list[tuple[uuid.UUID, int, int]] = []
+    unfinished_outcomes: list[Outcome] = []
+    start = rows
+    for chunk in claimed.chunks:
+        own = outcomes[start : start + chunk[2]]
+        start += chunk[2]
+        if all(state == "done" for state, _, _, _ in own):
+            finished.append((chunk[0], chunk[1], _embedded(result for _, result, _, _ in own)))
+        else:
+            unfinished.append(chunk)
+            unfinished_outcomes.extend(own)
+    if finished:
+        document = orjson.dumps(finished, default=str).decode()
+        written = await conn.execute(_FINISH_CHUNKS, {"task": task_id, "chunks": document})
+        touched.update(r.request_task_id for r in written)
+    if unfinished:
+        touched |= await _write(conn, _WRITE_CHUNKED, task_id, {"c": unfinished}, unfinished_outcomes)
     return touched
 
 

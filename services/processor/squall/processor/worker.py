@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
@@ -236,14 +236,8 @@ class Processor:
             metrics.TASKS.labels("request", "", "dead").inc(dead_now)
         metrics.TASK_DURATION.labels("request", "").observe(elapsed)
         # Counted per (processing, state), not per item: a batch holds thousands.
-        if len(fresh) == len(distinct):  # no request of the batch was recorded before: every item counts
-            outcomes = Counter(zip(items.job, items.state, strict=True))
-        else:
-            outcomes = Counter(
-                (job, state)
-                for task_id, job, state in zip(items.request_task_id, items.job, items.state, strict=True)
-                if task_id in fresh
-            )
+        # (No request of the batch recorded before: every item counts.)
+        outcomes = items.outcomes(None if len(fresh) == len(distinct) else fresh)
         for (job, state), count in outcomes.items():
             if state != "pending":
                 metrics.ITEMS_PROCESSED.labels(job, state).inc(count)
