@@ -5,8 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 
+import nats
+import orjson
 import pytest
 
+from squall.core import events
 from squall.core.settings import Settings
 from tests.integration.harness import System, make_settings, wait_for
 
@@ -132,3 +135,27 @@ async def test_health_readiness_and_metrics(system: System) -> None:
     assert 'squall_http_requests_total{code="202",method="POST",route="/v1/requests"}' in metrics
     assert 'squall_events_published_total{outcome="ok",subject="squall.requests.submitted"}' in metrics
     assert "squall_build_info{" in metrics
+
+
+async def test_a_malformed_request_event_is_dropped_and_the_next_recorded(system: System) -> None:
+    """An event that breaks the contract (here: an item without a job) is terminated, not redelivered
+    forever, and does not hold up the events after it."""
+    nc = await nats.connect(system.settings.nats_url)
+    try:
+        js = nc.jetstream()
+        bad = {"v": 1, "task_id": str(uuid.uuid4()), "rid": "bad", "items": [{"number": 1}]}
+        await js.publish(events.REQUEST_SUBMITTED, orjson.dumps(bad), headers={"Nats-Msg-Id": "request:bad"})
+        await system.submit({"rid": "good", "items": [{"number": 1, "job": "sum"}]})
+        await system.publish_poll("sum", batch_size=10)
+        assert (await system.wait_processed("good"))["items"][0]["result"] == 3
+
+        async def settled() -> bool:
+            info = await js.consumer_info(events.REQUESTS_STREAM, events.REQUESTS_CONSUMER)
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await wait_for(settled, what="both events settled")
+        info = await js.consumer_info(events.REQUESTS_STREAM, events.REQUESTS_CONSUMER)
+        assert info.delivered.stream_seq == 2 and info.num_redelivered == 0
+    finally:
+        await nc.close()
+    assert await system.fetchval("SELECT count(*) FROM requests WHERE rid = 'bad'") == 0

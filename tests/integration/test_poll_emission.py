@@ -15,7 +15,7 @@ async def _pending_items(system: System, count: int) -> None:
     event = events.RequestSubmitted(task_id=task_id, rid=f"backlog-{task_id}", items=items_in)
     await store.accept_requests(system.engine, [store.Submitted.of_event(event, False, b"{}")])
     items = store.NewItems()
-    items.add(task_id, event.items, [("pending", None, None, None)] * count)
+    items.add(task_id, list(range(count)), ["mul"] * count, [store.PENDING] * count)
     [recorded] = await store.record_requests(system.engine, [task_id], items, {})
     assert not recorded.processed
 

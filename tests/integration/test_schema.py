@@ -57,7 +57,7 @@ async def test_recording_is_planned_for_each_batch_not_once_per_connection(datab
             ids = [a.task_id for a in accepted if isinstance(a, store.Accepted)]
             items = store.NewItems()
             for task_id in ids:
-                items.add(task_id, [Item(number=1, job="sum")], [("done", "3", None, None)])
+                items.add(task_id, [1], ["sum"], [("done", "3", None, None)])
             recorded = await store.record_requests(engine, ids, items, {})
             assert [r.task_id for r in recorded] == ids
         async with engine.connect() as conn:  # the pool's one connection: the one that recorded

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import uuid
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
 from squall.core.events import (
     Item,
+    ItemFields,
+    MalformedEvent,
     PollTask,
+    RequestEvent,
     RequestSubmitted,
     poll_subject,
     poll_task_id,
+    read_request_submitted,
     request_msg_id,
+    request_submitted_json,
 )
 
 
@@ -91,3 +97,55 @@ def test_item_is_frozen() -> None:
     with pytest.raises(ValidationError):
         item.number = 2  # type: ignore[misc]
     assert hash(item) == hash(Item(number=1, job="sum"))
+
+
+def test_the_processor_reads_what_the_gateway_writes() -> None:
+    task_id = uuid.uuid4()
+    items: list[ItemFields] = [{"number": -(2**63), "job": "sum"}, {"number": 2**63 - 1, "job": "mul"}]
+    event = read_request_submitted(request_submitted_json(task_id, "r-1", items))
+    assert event == RequestEvent(task_id, "r-1", [-(2**63), 2**63 - 1], ["sum", "mul"])
+    assert RequestSubmitted.model_validate_json(request_submitted_json(task_id, "r-1", items)).items == [
+        Item(number=n, job=j) for n, j in zip(event.numbers, event.jobs, strict=True)
+    ]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        submitted(color="red"),
+        submitted(v=2),
+        submitted(task_id="not-a-uuid"),
+        submitted(task_id=7),
+        submitted(rid=5),
+        submitted(items={"number": 1, "job": "sum"}),
+        submitted(items=[{"number": 1}]),
+        submitted(items=[{"number": 1, "job": "sum", "color": "red"}]),
+        submitted(items=[{"number": 1, "job": 3}]),
+        submitted(items=[[1, "sum"]]),
+        submitted(items=["sum"]),
+        {"rid": "r", "items": [{"number": 1, "job": "sum"}]},
+        [1, 2],
+    ],
+)
+def test_a_malformed_event_is_refused_by_the_reader_as_by_the_model(doc: object) -> None:
+    data = orjson.dumps(doc)
+    with pytest.raises(ValidationError):
+        RequestSubmitted.model_validate_json(data)
+    with pytest.raises(MalformedEvent):
+        read_request_submitted(data)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [[], [{"number": 5.0, "job": "sum"}], [{"number": "1", "job": "sum"}], [{"number": True, "job": "sum"}]],
+)
+def test_the_reader_is_stricter_than_the_model_where_the_gateway_never_writes(items: object) -> None:
+    data = orjson.dumps(submitted(items=items))
+    RequestSubmitted.model_validate_json(data)  # lax: no item, 5.0, "1", true
+    with pytest.raises(MalformedEvent):
+        read_request_submitted(data)
+
+
+def test_the_reader_refuses_what_is_not_json() -> None:
+    with pytest.raises(MalformedEvent, match="not JSON"):
+        read_request_submitted(b'{"task_id": ')

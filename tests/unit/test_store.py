@@ -7,7 +7,7 @@ import uuid
 
 import orjson
 
-from squall.core.events import Item, ItemFields
+from squall.core.events import ItemFields
 from squall.core.store import (
     CHUNK_MIN_ITEMS,
     PENDING,
@@ -66,7 +66,7 @@ def test_pending_items_of_chunked_processings_become_chunks_of_at_most_their_siz
     outcomes = [PENDING] * len(jobs)
     outcomes[3] = ("pending", None, "ConnectionError", 1.0)  # waiting for a retry: stays a row
     outcomes[19] = ("done", "27", None, None)  # an immediate processing's item: a row
-    new.add(request, [Item(number=n, job=job) for n, job in enumerate(jobs)], outcomes)
+    new.add(request, list(range(len(jobs))), jobs, outcomes)
     assert new.chunks == [
         (request, 0, "sum", [0, 1, 2, 4], [0, 1, 2, 4]),
         (request, 1, "sum", [5, 6, 7, 8], [5, 6, 7, 8]),
@@ -88,10 +88,9 @@ def test_fewer_items_than_a_chunk_is_worth_stay_rows() -> None:
     request, small, complete = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     new = NewItems({"sum": 100})
     # Eight sum items make a chunk; seven, beside eight of an unchunked processing, stay rows.
-    new.add(request, [Item(number=n, job="sum") for n in range(CHUNK_MIN_ITEMS)], [PENDING] * CHUNK_MIN_ITEMS)
-    mixed = [Item(number=n, job="sum" if n < 7 else "mul") for n in range(15)]
-    new.add(small, mixed, [PENDING] * 15)
-    new.add(complete, [Item(number=3, job="sum")], [("done", "5", None, None)])
+    new.add(request, list(range(CHUNK_MIN_ITEMS)), ["sum"] * CHUNK_MIN_ITEMS, [PENDING] * CHUNK_MIN_ITEMS)
+    new.add(small, list(range(15)), ["sum"] * 7 + ["mul"] * 8, [PENDING] * 15)
+    new.add(complete, [3], ["sum"], [("done", "5", None, None)])
     assert [(c[0], len(c[3])) for c in new.chunks] == [(request, CHUNK_MIN_ITEMS)]
     assert new.request_task_id == [small] * 15 + [complete]
     assert new.pending_requests() == {request, small}
@@ -103,9 +102,9 @@ def test_done_items_of_a_processing_become_one_result_row_after_the_chunks() -> 
     jobs = ["sum"] * 8 + ["cube"] * 10
     outcomes = [PENDING] * 8 + [("done", str(n**3), None, None) for n in range(8, 18)]
     outcomes[12] = ("failed", None, "too big", None)  # failed: stays a row, the others still make a row
-    new.add(request, [Item(number=n, job=job) for n, job in enumerate(jobs)], outcomes)
+    new.add(request, list(range(len(jobs))), jobs, outcomes)
     # Seven done items of a request are not worth a result row.
-    new.add(few, [Item(number=n, job="cube") for n in range(7)], [("done", "1", None, None)] * 7)
+    new.add(few, list(range(7)), ["cube"] * 7, [("done", "1", None, None)] * 7)
     assert [c[:3] for c in new.chunks] == [(request, 0, "sum")]
     positions = [8, 9, 10, 11, 13, 14, 15, 16, 17]
     assert new.done == [(request, 1, "cube", positions, positions, [str(n**3) for n in positions])]

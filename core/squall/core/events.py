@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, TypedDict
 
 import orjson
@@ -77,6 +78,57 @@ def request_submitted_json(task_id: uuid.UUID, rid: str, items: Sequence[ItemFie
     """A ``RequestSubmitted`` event encoded straight from validated items: building a model per item took
     the gateway 15 % of its CPU on 100-item requests. The processor parses it with the model."""
     return orjson.dumps({"v": 1, "task_id": str(task_id), "rid": rid, "items": items})
+
+
+class MalformedEvent(ValueError):
+    """An event that does not follow its contract."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEvent:
+    """A ``RequestSubmitted`` as the processor reads it: the items as two columns, no object per item."""
+
+    task_id: uuid.UUID
+    rid: str
+    numbers: list[int]
+    jobs: list[str]
+
+
+_REQUEST_FIELDS = frozenset(RequestSubmitted.model_fields)
+
+
+def read_request_submitted(data: bytes) -> RequestEvent:
+    """Decode a ``RequestSubmitted`` event and check it against the model's contract (no unknown field,
+    ``v`` 1, a UUID task id, a string rid, at least one item of exactly an integer number and a string
+    job) without building a model per item: pydantic took 31 us per 100-item event, this 21. Stricter
+    than the model where the model is lax (no item; a number written ``5.0``, ``"5"`` or ``true``), which
+    the gateway never writes. Raises :class:`MalformedEvent`."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedEvent(f"not JSON: {exc.msg}") from None
+    if type(doc) is not dict:
+        raise MalformedEvent("not a JSON object")
+    if not doc.keys() <= _REQUEST_FIELDS or doc.get("v", 1) != 1:
+        raise MalformedEvent(f"unknown fields or version: {sorted(doc)[:8]}")
+    rid, items = doc.get("rid"), doc.get("items")
+    if type(rid) is not str:
+        raise MalformedEvent("rid is not a string")
+    if type(items) is not list or not items:
+        raise MalformedEvent("items is not a non-empty array")
+    try:
+        task_id = uuid.UUID(doc["task_id"])
+        numbers = [item["number"] for item in items]
+        jobs = [item["job"] for item in items]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise MalformedEvent("a task_id, an item's number or its job is missing or malformed") from None
+    if not (
+        all(type(n) is int for n in numbers)
+        and all(type(j) is str for j in jobs)
+        and all(len(item) == 2 for item in items)
+    ):
+        raise MalformedEvent("every item must be exactly an integer number and a string job")
+    return RequestEvent(task_id, rid, numbers, jobs)
 
 
 def request_msg_id(rid: str) -> str:

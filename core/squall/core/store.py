@@ -20,7 +20,7 @@ import orjson
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from squall.core.events import Item, ItemFields, RequestSubmitted
+from squall.core.events import ItemFields, RequestSubmitted, read_request_submitted
 from squall.core.settings import redact_url
 
 
@@ -255,10 +255,10 @@ async def get_request(engine: AsyncEngine, rid: str) -> dict[str, Any] | None:
         ).all()
     if head.recorded_at is None:
         # Accepted, not yet recorded by a processor: every item is pending.
-        accepted = RequestSubmitted.model_validate_json(head.payload)
+        accepted = read_request_submitted(head.payload)
         items = [
-            {"number": i.number, "job": i.job, "state": "pending", "result": None, "error": None}
-            for i in accepted.items
+            {"number": number, "job": job, "state": "pending", "result": None, "error": None}
+            for number, job in zip(accepted.numbers, accepted.jobs, strict=True)
         ]
     else:
         items = [
@@ -451,31 +451,39 @@ class NewItems:
         }
         return orjson.dumps(columns).decode()
 
-    def add(self, request_task_id: uuid.UUID, items: Sequence[Item], outcomes: Sequence[Outcome]) -> None:
-        """A request's items with their outcomes, in order: as chunks, result rows or item rows."""
-        rows: Sequence[int] = range(len(items))
-        chunked, done = self._grouped(items, outcomes)
+    def add(
+        self,
+        request_task_id: uuid.UUID,
+        numbers: Sequence[int],
+        jobs: Sequence[str],
+        outcomes: Sequence[Outcome],
+    ) -> None:
+        """A request's items (numbers and jobs) with their outcomes, in order: as chunks, result rows or item
+        rows."""
+        rows: Sequence[int] = range(len(numbers))
+        chunked, done = self._grouped(jobs, outcomes)
         if chunked or done:
             part = 0
             for job, positions in chunked.items():
                 size = self.chunk_sizes[job]
                 for start in range(0, len(positions), size):
                     taken = positions[start : start + size]
-                    self.chunks.append((request_task_id, part, job, taken, [items[p].number for p in taken]))
+                    self.chunks.append((request_task_id, part, job, taken, [numbers[p] for p in taken]))
                     part += 1
             for job, positions in done.items():
-                numbers = [items[p].number for p in positions]
                 computed = [cast(str, outcomes[p][1]) for p in positions]
-                self.done.append((request_task_id, part, job, positions, numbers, computed))
+                self.done.append(
+                    (request_task_id, part, job, positions, [numbers[p] for p in positions], computed)
+                )
                 part += 1
             grouped = {p for groups in (chunked, done) for positions in groups.values() for p in positions}
-            rows = [p for p in rows if p not in grouped]
+            rows = [p for p in rows if p not in grouped] if len(grouped) < len(rows) else []
         if not rows:
             return
         self.request_task_id.extend([request_task_id] * len(rows))
         self.position.extend(rows)
-        self.number.extend([items[p].number for p in rows])
-        self.job.extend([items[p].job for p in rows])
+        self.number.extend([numbers[p] for p in rows])
+        self.job.extend([jobs[p] for p in rows])
         states, results, errors, delays = zip(*(outcomes[p] for p in rows), strict=True)
         self.state.extend(states)
         self.result.extend(results)
@@ -483,21 +491,28 @@ class NewItems:
         self.retry_in.extend(delays)
 
     def _grouped(
-        self, items: Sequence[Item], outcomes: Sequence[Outcome]
+        self, jobs: Sequence[str], outcomes: Sequence[Outcome]
     ) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
         """The positions of the items to record as chunks and as result rows, by processing: a chunked
         processing's pending items, and any processing's done ones, where the request has at least
         CHUNK_MIN_ITEMS of them."""
-        if len(items) < CHUNK_MIN_ITEMS:
+        count = len(jobs)
+        if count < CHUNK_MIN_ITEMS:
             return {}, {}
+        if jobs.count(jobs[0]) == count:  # one processing (the usual request): whole, or item by item
+            job = jobs[0]
+            if outcomes.count(PENDING) == count:
+                return ({job: list(range(count))} if job in self.chunk_sizes else {}), {}
+            if all(outcome[0] == "done" for outcome in outcomes):
+                return {}, {job: list(range(count))}
         waiting: dict[str, list[int]] = {}
         done: dict[str, list[int]] = {}
-        for position, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
+        for position, (job, outcome) in enumerate(zip(jobs, outcomes, strict=True)):
             if outcome == PENDING:
-                if item.job in self.chunk_sizes:
-                    waiting.setdefault(item.job, []).append(position)
+                if job in self.chunk_sizes:
+                    waiting.setdefault(job, []).append(position)
             elif outcome[0] == "done":
-                done.setdefault(item.job, []).append(position)
+                done.setdefault(job, []).append(position)
         return _at_least(waiting), _at_least(done)
 
     def pending_requests(self) -> set[uuid.UUID]:

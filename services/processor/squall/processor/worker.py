@@ -144,14 +144,14 @@ class Processor:
 
     async def handle_requests(self, msgs: list[Msg]) -> None:
         started = time.perf_counter()
-        submitted: list[tuple[Msg, events.RequestSubmitted]] = []
+        submitted: list[tuple[Msg, events.RequestEvent]] = []
         for msg in msgs:
             if msg.metadata.num_delivered > 1:
                 metrics.REDELIVERIES.labels("request").inc()
             try:
-                submitted.append((msg, events.RequestSubmitted.model_validate_json(msg.data)))
-            except ValidationError as exc:
-                log.error("dropping a malformed request event: %s", exc.errors()[:3])
+                submitted.append((msg, events.read_request_submitted(msg.data)))
+            except events.MalformedEvent as exc:
+                log.error("dropping a malformed request event: %s", exc)
                 await msg.term()
         if not submitted:
             return
@@ -167,7 +167,7 @@ class Processor:
                 {
                     "squall.rid": event.rid,
                     "squall.task_id": str(event.task_id),
-                    "squall.processing": sorted({item.job for item in event.items}),
+                    "squall.processing": sorted(set(event.jobs)),
                     "squall.attempt": msg.metadata.num_delivered,
                     "messaging.batch.message_count": len(submitted),
                 },
@@ -190,19 +190,19 @@ class Processor:
 
     async def record_requests(
         self,
-        submitted: list[tuple[Msg, events.RequestSubmitted]],
+        submitted: list[tuple[Msg, events.RequestEvent]],
         started: float,
         traces: list[tracing.TraceContext] | None,
     ) -> tuple[set[uuid.UUID], dict[uuid.UUID, float]]:
         """Record a batch of request events (each once), ack them; the tasks recorded now and the ones
         completed at recording. ``traces``: the exported spans' contexts, one per event, when export is on."""
-        distinct: dict[uuid.UUID, events.RequestSubmitted] = {}  # an event twice in this batch: once
+        distinct: dict[uuid.UUID, events.RequestEvent] = {}  # an event twice in this batch: once
         for _, event in submitted:
             distinct.setdefault(event.task_id, event)
         computed, dead = await self._compute_immediate(list(distinct.values()))
         items = store.NewItems(self.chunk_sizes)
         for event in distinct.values():
-            items.add(event.task_id, event.items, computed[event.task_id])
+            items.add(event.task_id, event.numbers, event.jobs, computed[event.task_id])
         recorded = await store.record_requests(self.engine, list(distinct), items, dead)
         # The requests recorded before (redeliveries, re-publishes) were left alone.
         fresh = {r.task_id for r in recorded}
@@ -214,7 +214,7 @@ class Processor:
             seconds = finished.get(event.task_id)
             if seconds is not None:
                 # Completed at recording (immediate processings): labelled by the first item's processing.
-                metrics.REQUEST_END_TO_END.labels(event.items[0].job).observe(seconds)
+                metrics.REQUEST_END_TO_END.labels(event.jobs[0]).observe(seconds)
         if log.isEnabledFor(logging.DEBUG):
             for index, (msg, event) in enumerate(submitted):
                 if event.task_id in fresh:
@@ -245,7 +245,7 @@ class Processor:
         return fresh, finished
 
     async def _compute_immediate(
-        self, distinct: list[events.RequestSubmitted]
+        self, distinct: list[events.RequestEvent]
     ) -> tuple[dict[uuid.UUID, list[Outcome]], dict[uuid.UUID, str]]:
         """Each request's item outcomes, in item order: computed for immediate processings, failed for
         unknown ones, pending (for poll tasks) for batch ones; and the request tasks that are dead, with the
@@ -256,15 +256,18 @@ class Processor:
         by_job: dict[str, list[tuple[uuid.UUID, list[Outcome], int, int]]] = defaultdict(list)
         computed: dict[uuid.UUID, list[Outcome]] = {}
         for event in distinct:
-            row = computed[event.task_id] = [PENDING] * len(event.items)
-            for position, item in enumerate(event.items):
-                proc = self.registry.get(item.job)
+            row = computed[event.task_id] = [PENDING] * len(event.jobs)
+            processings = {job: self.registry.get(job) for job in set(event.jobs)}
+            if all(proc is not None and proc.mode != "immediate" for proc in processings.values()):
+                continue  # every item left to poll tasks (the common case of a batch processing)
+            for position, (number, job) in enumerate(zip(event.numbers, event.jobs, strict=True)):
+                proc = processings[job]
                 if proc is None:
-                    error = f"unknown processing {item.job!r}"
+                    error = f"unknown processing {job!r}"
                     row[position] = ("failed", None, error, None)
                     dead.setdefault(event.task_id, error)
                 elif proc.mode == "immediate":
-                    by_job[item.job].append((event.task_id, row, position, item.number))
+                    by_job[job].append((event.task_id, row, position, number))
         for job, entries in by_job.items():
             proc = self.registry[job]
             for start in range(0, len(entries), proc.batch_size):
