@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from alembic import command
+from prometheus_client import REGISTRY
 
 from squall.core import db, migrate, store
 from squall.core.settings import load_settings
@@ -225,6 +226,7 @@ async def test_a_failed_locked_batch_leaves_its_items_pending_for_a_retry(
 
     await wait_for(recorded, what="recorded")
     assert await system.fetchval("SELECT item_count FROM item_chunks") == 10
+    retried = _processed("flaky_locked", "retried")
     first = await system.publish_poll("flaky_locked", batch_size=100)
 
     async def failed_once() -> bool:
@@ -236,6 +238,7 @@ async def test_a_failed_locked_batch_leaves_its_items_pending_for_a_retry(
     assert len(rows) == 10
     assert all(r["state"] == "pending" and r["attempts"] == 1 for r in rows)
     assert all("ConnectionError" in r["error"] for r in rows)
+    assert _processed("flaky_locked", "retried") - retried == 10
 
     async def backoff_over() -> bool:
         return bool(await system.fetchval("SELECT bool_and(not_before <= now()) FROM items"))
@@ -302,6 +305,7 @@ async def test_a_chunk_is_one_result_row_only_when_all_its_items_are_done(
         return await system.fetchval("SELECT count(*) FROM item_chunks") == 2
 
     await wait_for(chunked, what="both requests recorded as chunks")
+    before = {outcome: _processed("picky_locked", outcome) for outcome in ("done", "failed")}
     task = await system.publish_poll("picky_locked", batch_size=100)
     picky = await system.wait_processed("picky")
     assert [(i["state"], i["result"]) for i in picky["items"]] == [
@@ -315,6 +319,15 @@ async def test_a_chunk_is_one_result_row_only_when_all_its_items_are_done(
     rows = await system.fetch("SELECT state, count(*) AS n FROM items GROUP BY state ORDER BY state")
     assert [(r["state"], r["n"]) for r in rows] == [("done", 8), ("failed", 2)]
     assert await _stats_of(system, "picky_locked") == {"pending": 0, "done": 16, "failed": 2}
+    # squall_items_processed_total counts the poll's items by outcome.
+    assert {o: _processed("picky_locked", o) - n for o, n in before.items()} == {"done": 16, "failed": 2}
+
+
+def _processed(processing: str, outcome: str) -> float:
+    sample = REGISTRY.get_sample_value(
+        "squall_items_processed_total", {"processing": processing, "outcome": outcome}
+    )
+    return sample or 0.0
 
 
 def test_undoing_the_result_rows_migration_keeps_their_items_as_done_items(database_url: str) -> None:

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
@@ -337,9 +337,12 @@ class Processor:
             otel.annotate({"squall.state": state, "squall.items": len(claimed)}, batch_error)
         metrics.TASKS.labels("poll", task.processing, state).inc()
         metrics.TASK_DURATION.labels("poll", task.processing).observe(time.perf_counter() - started)
-        for outcome in outcomes:
-            state = outcome[0]
-            metrics.ITEMS_PROCESSED.labels(task.processing, state if state != "pending" else "retried").inc()
+        # Counted per state, not per item: a labels() lookup and a locked increment for each of a batch's
+        # thousand items took more of the processor than writing them (P2 batch profile).
+        for state, count in Counter(outcome[0] for outcome in outcomes).items():
+            metrics.ITEMS_PROCESSED.labels(task.processing, state if state != "pending" else "retried").inc(
+                count
+            )
         if claimed:
             log.info(
                 "processed %d item(s)",
