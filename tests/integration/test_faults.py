@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 
@@ -69,3 +71,36 @@ async def test_restarts_of_nats_and_postgres_under_load(
 
 async def _grew(load: SteadyLoad, before: int) -> bool:
     return len(load.accepted) > before + 5
+
+
+async def test_a_broker_that_stops_reading_gets_503s_not_a_hang(
+    nats_server: NatsServer | None,
+    database_url: str,
+    system_factory: Callable[..., Awaitable[System]],
+) -> None:
+    """NATS frozen (SIGSTOP: connected, reading nothing): large submissions fill the client's buffer and the
+    socket, and nats-py's flush waits on the broker, outside the ack timeout it is given. Every submission
+    is still answered while NATS stays frozen: 503, nothing stored; intake resumes once it thaws."""
+    assert nats_server is not None and nats_server.process is not None, "this test freezes its own NATS"
+    settings = make_settings(nats_server.url, database_url, gateway={"publish_timeout_seconds": 1.0})
+    system = await system_factory(settings, processors=0)
+    items = [{"number": n, "job": "sum"} for n in range(10_000)]  # ~290 KB per event
+    os.kill(nats_server.process.pid, signal.SIGSTOP)
+    try:
+
+        async def submit(index: int) -> int:
+            response = await system.client.post("/v1/requests", json={"rid": f"big-{index}", "items": items})
+            return response.status_code
+
+        # 60 events of ~290 KB: more than nats-py's pending buffer (8 MB) and the socket together hold.
+        statuses = await asyncio.wait_for(asyncio.gather(*(submit(i) for i in range(60))), timeout=25)
+    finally:
+        os.kill(nats_server.process.pid, signal.SIGCONT)
+    assert set(statuses) == {503}
+    assert await system.fetchval("SELECT count(*) FROM requests") == 0
+
+    async def accepted() -> bool:
+        response = await system.client.post("/v1/requests", json={"rid": "after", "items": items[:1]})
+        return response.status_code == 202
+
+    await wait_for(accepted, timeout=30, what="intake after NATS thawed")

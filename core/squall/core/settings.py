@@ -49,7 +49,11 @@ class GatewaySettings(BaseModel):
     )
     max_rid_length: int = Field(128, ge=1, le=1024, description="Longest string rid accepted.")
     publish_timeout_seconds: float = Field(
-        5.0, gt=0, le=60, description="How long to wait for JetStream to ack an event before answering 503."
+        5.0,
+        gt=0,
+        le=60,
+        description="How long to wait for JetStream to ack an event before answering 503 (a broker that "
+        "stops reading: up to twice this, the client's flush and then the ack wait).",
     )
     header_timeout_seconds: float = Field(
         10.0,

@@ -111,10 +111,14 @@ class GatewayApp(tornado.web.Application):
             span, sent = otel.start_producer(subject, msg_id, span_attributes())
             headers = {"Nats-Msg-Id": msg_id, tracing.HEADER: sent.traceparent}
         started = time.perf_counter()
+        timeout = self.squall.gateway.publish_timeout_seconds
         try:
-            await self.js.publish(
-                subject, payload, timeout=self.squall.gateway.publish_timeout_seconds, headers=headers
-            )
+            # nats-py's own timeout covers only the wait for the ack: a broker that stops reading (its
+            # socket full) held the flush before it for as long as the broker stalled. Cancelled at the
+            # deadline, that flush gives up its wait and the ack wait runs out in turn: a 503 within
+            # twice the timeout.
+            async with asyncio.timeout(timeout):
+                await self.js.publish(subject, payload, timeout=timeout, headers=headers)
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             if span is not None:
                 otel.end(span, exc)
