@@ -80,7 +80,9 @@ async def test_a_broker_that_stops_reading_gets_503s_not_a_hang(
 ) -> None:
     """NATS frozen (SIGSTOP: connected, reading nothing): large submissions fill the client's buffer and the
     socket, and nats-py's flush waits on the broker, outside the ack timeout it is given. Every submission
-    is still answered while NATS stays frozen: 503, nothing stored; intake resumes once it thaws."""
+    is still answered while NATS stays frozen: 503, nothing stored; intake resumes once it thaws. The
+    refused events still reach JetStream once it does (they were in the client's buffer): a rid submitted
+    again is a new message all the same, recorded at once, not dropped as their duplicate."""
     assert nats_server is not None and nats_server.process is not None, "this test freezes its own NATS"
     settings = make_settings(nats_server.url, database_url, gateway={"publish_timeout_seconds": 1.0})
     system = await system_factory(settings, processors=0)
@@ -104,3 +106,10 @@ async def test_a_broker_that_stops_reading_gets_503s_not_a_hang(
         return response.status_code == 202
 
     await wait_for(accepted, timeout=30, what="intake after NATS thawed")
+    await system.submit({"rid": "big-0", "items": items})
+    await system.start_processor()
+
+    async def recorded() -> bool:
+        return bool((await system.request_state("big-0"))["recorded"])
+
+    await wait_for(recorded, timeout=20, what="the rid submitted again recorded")

@@ -71,7 +71,7 @@ def test_request_submitted_round_trip() -> None:
     event = RequestSubmitted.model_validate(submitted())
     assert event.v == 1
     assert event.items == [Item(number=1, job="sum")]
-    assert event.msg_id == request_msg_id("r-1") == "request:r-1"
+    assert event.msg_id == request_msg_id("r-1", event.task_id) == f"request:r-1:{event.task_id}"
     assert RequestSubmitted.model_validate_json(event.model_dump_json()) == event
 
 

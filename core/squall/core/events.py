@@ -54,7 +54,7 @@ class RequestSubmitted(BaseModel):
 
     @property
     def msg_id(self) -> str:
-        return request_msg_id(self.rid)
+        return request_msg_id(self.rid, self.task_id)
 
 
 class PollTask(BaseModel):
@@ -131,8 +131,13 @@ def read_request_submitted(data: bytes) -> RequestEvent:
     return RequestEvent(task_id, rid, numbers, jobs)
 
 
-def request_msg_id(rid: str) -> str:
-    return f"request:{rid}"
+def request_msg_id(rid: str, task_id: uuid.UUID) -> str:
+    """The JetStream message id of a request's event: every publish of one acceptance (a retry, a
+    re-submission, the processors' sweep) is the same message. With the task id in it, a rid accepted
+    again after a withdrawn attempt (503) is a new message: that attempt's event may have reached JetStream
+    all the same (its ack lost, or sent once the broker came back), and under the rid alone the new
+    event would be dropped as its duplicate for the whole de-duplication window."""
+    return f"request:{rid}:{task_id}"
 
 
 def poll_task_id(processing: str, tick_key: str) -> uuid.UUID:

@@ -689,19 +689,19 @@ async def mark_processed(
 
 async def unrecorded_payloads(
     engine: AsyncEngine, older_than_seconds: float, limit: int
-) -> list[tuple[str, bytes]]:
+) -> list[tuple[str, uuid.UUID, bytes]]:
     async with statements(engine) as conn:
         rows = await conn.execute(
             text(
                 """
-                SELECT rid, payload FROM requests
+                SELECT rid, task_id, payload FROM requests
                 WHERE payload IS NOT NULL AND created_at < now() - make_interval(secs => :age)
                 ORDER BY created_at LIMIT :limit
                 """
             ),
             {"age": older_than_seconds, "limit": limit},
         )
-        return [(r.rid, r.payload) for r in rows]
+        return [(r.rid, r.task_id, r.payload) for r in rows]
 
 
 # --- polling tasks (processor) ----------------------------------------------------------------------------

@@ -186,7 +186,6 @@ async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
     await app.admission.admit()
     task_id = uuid.uuid4()
     payload = events.request_submitted_json(task_id, sub.rid, sub.items)
-    msg_id = events.request_msg_id(sub.rid)
     try:
         accepted = await app.intake.submit(
             store.Submitted(task_id, sub.rid, sub.rid_is_int, sub.items, payload)
@@ -198,6 +197,8 @@ async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
 
     def span_attributes() -> otel.Attributes:
         return {"squall.rid": sub.rid, "squall.task_id": str(accepted.task_id)}
+
+    msg_id = events.request_msg_id(sub.rid, accepted.task_id)
 
     if accepted.created:
         try:

@@ -442,9 +442,11 @@ class Processor:
         if info.num_pending or info.num_ack_pending:
             return 0
         lost = await store.unrecorded_payloads(self.engine, older_than_seconds, limit=500)
-        for rid, payload in lost:
+        for rid, task_id, payload in lost:
             await self.js.publish(
-                events.REQUEST_SUBMITTED, payload, headers={"Nats-Msg-Id": events.request_msg_id(rid)}
+                events.REQUEST_SUBMITTED,
+                payload,
+                headers={"Nats-Msg-Id": events.request_msg_id(rid, task_id)},
             )
         if lost:
             log.warning("re-published %d request event(s) that never reached a processor", len(lost))
