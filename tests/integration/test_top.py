@@ -60,6 +60,13 @@ async def test_top_once_shows_every_section(
 
     await wait_for(led, what="scheduler-top leading")
 
+    async def counted() -> bool:
+        """/v1/stats, which top shows, is cached by the gateway for up to a second."""
+        requests = (await system.client.get("/v1/stats")).json()["requests"]
+        return bool(requests["accepted"] == requests["processed"] == 4)
+
+    await wait_for(counted, what="/v1/stats counting the four requests")
+
     code, screen = await squall_top("--url", system.base_url, "--interval", "0.3")
     assert code == 0, screen
     lines = screen.splitlines()
