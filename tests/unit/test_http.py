@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from squall.core.http import ApiError, json_bytes
+from squall.core.http import INTERNAL_ERROR, ApiError, json_bytes, known_failure
 
 
 def test_json_bytes_plain_values() -> None:
@@ -36,3 +36,14 @@ def test_api_error() -> None:
     assert (err.status, err.code, err.field, err.headers) == (503, "unavailable", None, {"Retry-After": "2"})
     assert err.body() == {"error": {"code": "unavailable", "message": "retry later", "field": None}}
     assert json.loads(json_bytes(err.body())) == err.body()
+
+
+def test_known_failures_get_their_answer_and_bugs_none() -> None:
+    refused = ApiError(422, "empty", "no items", "items")
+    assert known_failure(refused) is refused
+    unreachable = known_failure(ConnectionRefusedError("postgres down"))
+    assert (
+        unreachable is not None and unreachable.status == 503 and unreachable.headers == {"Retry-After": "2"}
+    )
+    assert known_failure(RuntimeError("a bug")) is None
+    assert INTERNAL_ERROR.status == 500 and INTERNAL_ERROR.body()["error"]["code"] == "internal"

@@ -64,6 +64,32 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, sqlalchemy.exc.DisconnectionError | sqlalchemy.exc.TimeoutError)
 
 
+def known_failure(exc: BaseException) -> ApiError | None:
+    """The answer a failure gets when it is not a bug: its own (ApiError), or 503 with Retry-After for an
+    unreachable dependency; None for anything else (answered 500, logged with its traceback)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if is_unavailable(exc):
+        return ApiError(
+            503, "unavailable", "a dependency is unreachable; retry later", None, {"Retry-After": "2"}
+        )
+    return None
+
+
+INTERNAL_ERROR = ApiError(500, "internal", "internal error")
+
+
+def log_failure(method: str | None, route: str, exc: BaseException) -> None:
+    """Log a failure that ended a request: nothing for an answered ApiError, a line for an unreachable
+    dependency, the traceback for a bug."""
+    if isinstance(exc, ApiError):
+        return
+    if is_unavailable(exc):
+        log.warning("%s %s: dependency unavailable: %s", method, route, exc)
+        return
+    log.error("unhandled error in %s %s", method, route, exc_info=exc)
+
+
 class JsonHandler(tornado.web.RequestHandler):
     """Every answer is JSON, errors included; no HTML page, stack trace or internal detail leaks out."""
 
@@ -87,19 +113,13 @@ class JsonHandler(tornado.web.RequestHandler):
         self.write_json(error.body(), error.status)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, ApiError | tornado.web.HTTPError):
-            return
-        if is_unavailable(value):
-            log.warning("%s %s: dependency unavailable: %s", self.request.method, self.route, value)
-            return
-        log.error("unhandled error in %s %s", self.request.method, self.route, exc_info=(typ, value, tb))
+        if not isinstance(value, tornado.web.HTTPError):
+            log_failure(self.request.method, self.route, value)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if exc is not None and is_unavailable(exc):
-            exc = ApiError(
-                503, "unavailable", "a dependency is unreachable; retry later", None, {"Retry-After": "2"}
-            )
+        if exc is not None:
+            exc = known_failure(exc)
         if isinstance(exc, ApiError):
             self.clear()
             self.set_default_headers()

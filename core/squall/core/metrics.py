@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
@@ -18,6 +19,16 @@ except PackageNotFoundError:  # running from a source tree without an install
 # Request handling takes milliseconds; batches of thousands of items take up to seconds.
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _TASK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
+
+
+@functools.cache
+def child(metric: _Metric, *labels: str) -> _Metric:
+    """``metric.labels(*labels)``, looked up once: ``labels()`` takes a lock and builds its key on every
+    call, which shows on a path taken for every request. Only for labels of a bounded set of values."""
+    return metric.labels(*labels)
+
 
 BUILD_INFO = Gauge("squall_build_info", "Squall build; always 1.", ["version"])
 BUILD_INFO.labels(VERSION).set(1)

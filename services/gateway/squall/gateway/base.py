@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
+from tornado.httputil import HTTPServerRequest
 
 from squall.core import metrics
 from squall.core.auth import Principal, grants
@@ -22,14 +23,22 @@ log = logging.getLogger("squall.gateway")
 
 def record_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's per-request hook: metrics by route template (never the raw path: it holds ids)."""
-    route = getattr(handler, "route", "unmatched")
-    method = handler.request.method or "?"
+    observe_request(
+        getattr(handler, "route", "unmatched"),
+        handler.request.method,
+        handler.get_status(),
+        handler.request.request_time(),
+    )
+
+
+def observe_request(route: str, method: str | None, status: int, seconds: float) -> None:
+    """Count an answered request and its duration (every route, whichever way it was served)."""
     if method not in _METHODS:
         method = "other"
-    metrics.HTTP_REQUESTS.labels(route, method, str(handler.get_status())).inc()
-    metrics.HTTP_DURATION.labels(route, method).observe(handler.request.request_time())
-    if handler.get_status() >= 500:
-        log.warning("%s %s answered %d", method, route, handler.get_status())
+    metrics.child(metrics.HTTP_REQUESTS, route, method, str(status)).inc()
+    metrics.child(metrics.HTTP_DURATION, route, method).observe(seconds)
+    if status >= 500:
+        log.warning("%s %s answered %d", method, route, status)
 
 
 _METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"))
@@ -42,6 +51,58 @@ def _unauthorized(message: str, error: str | None = None) -> ApiError:
     """401 with the RFC 6750 challenge (``error`` says why a given token was refused)."""
     challenge = 'Bearer realm="squall"' + (f', error="{error}"' if error else "")
     return ApiError(401, "unauthorized", message, "Authorization", {"WWW-Authenticate": challenge})
+
+
+async def authorize(
+    app: GatewayApp, request: HTTPServerRequest, needed: Scope, legacy_route: bool = False
+) -> Principal:
+    """The caller, if it may use this route now; else 401 (who?), 403 (not allowed), 429 (too fast)."""
+    auth = app.authenticator
+    address = request.remote_ip or "unknown"
+    header = request.headers.get("Authorization")
+    if not auth.settings.required:
+        principal = Principal(f"address:{address}", frozenset(SCOPES))
+    elif header is None and legacy_route and auth.legacy_trusted(address):
+        principal = Principal(f"address:{address}", _LEGACY_SCOPES)
+    elif header is None:
+        raise _unauthorized("this route needs a bearer token: Authorization: Bearer <token>")
+    else:
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthorized("the Authorization header must be: Bearer <token>", "invalid_request")
+        found = await auth.principal(token.strip())
+        if found is None:
+            raise _unauthorized("unknown or revoked token", "invalid_token")
+        principal = found
+    if not grants(principal.scopes, needed):
+        raise ApiError(403, "forbidden", f"this route needs a token with the {needed} scope", "Authorization")
+    wait = auth.retry_after(principal)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "rate_limited",
+            "too many requests for this client; retry later",
+            None,
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    return principal
+
+
+def read_json_body(app: GatewayApp, request: HTTPServerRequest) -> Any:
+    """A submission's body as JSON, in the order of the checks: media type, size, JSON."""
+    validation.check_json_content_type(request.headers.get("Content-Type"))
+    limit = app.squall.gateway.max_body_bytes
+    if len(request.body) > limit:
+        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes", "body")
+    return validation.parse_json(request.body)
+
+
+def read_submission(
+    app: GatewayApp, request: HTTPServerRequest, parse: validation.SubmissionParser
+) -> validation.Submission:
+    """The body as a submission: :func:`read_json_body`, then its fields."""
+    gw = app.squall.gateway
+    return parse(read_json_body(app, request), app.registry, gw.max_items, gw.max_rid_length)
 
 
 class BaseHandler(JsonHandler):
@@ -63,47 +124,7 @@ class BaseHandler(JsonHandler):
             self.principal = await self.authorize(needed)
 
     async def authorize(self, needed: Scope) -> Principal:
-        """The caller, if it may use this route now; else 401 (who?), 403 (not allowed), 429 (too fast)."""
-        auth = self.app.authenticator
-        address = self.request.remote_ip or "unknown"
-        header = self.request.headers.get("Authorization")
-        if not auth.settings.required:
-            principal = Principal(f"address:{address}", frozenset(SCOPES))
-        elif header is None and self.legacy_route and auth.legacy_trusted(address):
-            principal = Principal(f"address:{address}", _LEGACY_SCOPES)
-        elif header is None:
-            raise _unauthorized("this route needs a bearer token: Authorization: Bearer <token>")
-        else:
-            scheme, _, token = header.strip().partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise _unauthorized("the Authorization header must be: Bearer <token>", "invalid_request")
-            found = await auth.principal(token.strip())
-            if found is None:
-                raise _unauthorized("unknown or revoked token", "invalid_token")
-            principal = found
-        if not grants(principal.scopes, needed):
-            raise ApiError(
-                403, "forbidden", f"this route needs a token with the {needed} scope", "Authorization"
-            )
-        wait = auth.retry_after(principal)
-        if wait > 0:
-            raise ApiError(
-                429,
-                "rate_limited",
-                "too many requests for this client; retry later",
-                None,
-                {"Retry-After": str(max(1, math.ceil(wait)))},
-            )
-        return principal
+        return await authorize(self.app, self.request, needed, self.legacy_route)
 
     def read_submission(self, parse: validation.SubmissionParser) -> validation.Submission:
-        """The body as a submission, in the order of the checks: media type, size, JSON, fields."""
-        validation.check_json_content_type(self.request.headers.get("Content-Type"))
-        gw = self.app.squall.gateway
-        if len(self.request.body) > gw.max_body_bytes:
-            raise ApiError(
-                413, "body_too_large", f"the body is larger than {gw.max_body_bytes} bytes", "body"
-            )
-        return parse(
-            validation.parse_json(self.request.body), self.app.registry, gw.max_items, gw.max_rid_length
-        )
+        return read_submission(self.app, self.request, parse)
