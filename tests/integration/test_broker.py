@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
-from nats.js.api import RetentionPolicy, StorageType
+import pytest
+from nats.aio.msg import Msg
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
+from nats.js.errors import APIError, NoStreamResponseError
 
 from squall.core import broker, events
 from squall.core.settings import Settings
@@ -39,3 +44,47 @@ async def test_ensure_streams_is_idempotent_and_updates(settings: Settings) -> N
         assert tasks.config.subjects == [f"{events.POLL_TASK_PREFIX}.>"]
     finally:
         await nc.close()
+
+
+async def test_acked_publisher_returns_jetstreams_acks_and_its_refusals(settings: Settings) -> None:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="ACKS", subjects=["acks.>"], max_msgs=3, discard=DiscardPolicy.NEW)
+        publisher = broker.AckedPublisher(nc)
+        first, again, other = await asyncio.gather(
+            publisher.publish("acks.a", b"1", {"Nats-Msg-Id": "one"}, 5),
+            publisher.publish("acks.a", b"1", {"Nats-Msg-Id": "one"}, 5),
+            publisher.publish("acks.b", b"2", {"Nats-Msg-Id": "two"}, 5),
+        )
+        assert first["stream"] == "ACKS" and {first["seq"], other["seq"]} == {1, 2}
+        assert again.get("duplicate") is True or first.get("duplicate") is True  # one of them was stored
+        assert (await js.stream_info("ACKS")).state.messages == 2
+        await publisher.publish("acks.c", b"3", {"Nats-Msg-Id": "three"}, 5)
+        with pytest.raises(APIError):  # the stream is full and discards new messages: its error ack
+            await publisher.publish("acks.d", b"4", {"Nats-Msg-Id": "four"}, 5)
+        with pytest.raises(NoStreamResponseError):  # no stream takes the subject: NATS's no-responders
+            await publisher.publish("nowhere.x", b"5", {}, 5)
+        assert publisher._waiting == {}  # nothing left waiting after answers and refusals
+    finally:
+        await nc.close()
+
+
+async def test_acked_publisher_gives_up_at_its_deadline(settings: Settings) -> None:
+    """A subject someone answers with silence (a plain subscriber that never replies): TimeoutError in
+    time, and the wait is forgotten."""
+    nc = await nats.connect(settings.nats_url)
+    try:
+        await nc.subscribe("silent.x", cb=_ignore)
+        publisher = broker.AckedPublisher(nc)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await publisher.publish("silent.x", b"?", {}, 0.3)
+        assert 0.25 < asyncio.get_running_loop().time() - started < 2
+        assert publisher._waiting == {}
+    finally:
+        await nc.close()
+
+
+async def _ignore(msg: Msg) -> None:
+    return None

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from squall.core import events, metrics, otel, store, tracing
 from squall.core.auth import Authenticator
 from squall.core.batching import Coalescer
+from squall.core.broker import AckedPublisher
 from squall.core.http import (
     INTERNAL_ERROR,
     ApiError,
@@ -65,7 +66,7 @@ class GatewayApp(tornado.web.Application):
         self.registry = registry
         self.engine = engine
         self.nc = nc
-        self.js = nc.jetstream()
+        self.publisher = AckedPublisher(nc)
         self.accepting = True
         self.authenticator = Authenticator(settings.auth, engine)
         self.stats = stats.StatsCache(engine)
@@ -130,12 +131,7 @@ class GatewayApp(tornado.web.Application):
         started = time.perf_counter()
         timeout = self.squall.gateway.publish_timeout_seconds
         try:
-            # nats-py's own timeout covers only the wait for the ack: a broker that stops reading (its
-            # socket full) held the flush before it for as long as the broker stalled. Cancelled at the
-            # deadline, that flush gives up its wait and the ack wait runs out in turn: a 503 within
-            # twice the timeout.
-            async with asyncio.timeout(timeout):
-                await self.js.publish(subject, payload, timeout=timeout, headers=headers)
+            await self.publisher.publish(subject, payload, headers, timeout)
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             if span is not None:
                 otel.end(span, exc)
