@@ -101,3 +101,25 @@ async def test_a_caller_that_gives_up_does_not_cancel_the_others_write() -> None
     with pytest.raises(asyncio.CancelledError):
         await quitter
     assert write.batches == [[1, 2]]
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_a_value_submitted_as_the_last_writers_finish_is_written(concurrency: int) -> None:
+    """A submission whose first step runs after every writer's last look at the queue but before the writer
+    tasks' done callbacks (another request read in the same loop iteration, in the gateway) once waited for
+    the next submission to start a writer: under a closed-loop load, until its client gave up."""
+    late: asyncio.Future[str] | None = None
+
+    async def write_many(batch: Sequence[str]) -> list[str]:
+        nonlocal late
+        await asyncio.sleep(0)
+        if late is None:  # its first step is queued now: it runs after the writers return
+            late = asyncio.ensure_future(coalescer.submit("late"))
+        return [value.upper() for value in batch]
+
+    # One value per batch: each writer holds one, so all of them are busy when the late value comes.
+    coalescer: Coalescer[str, str] = Coalescer(write_many, max_batch=1, concurrency=concurrency)
+    first = [f"v{n}" for n in range(concurrency)]
+    assert await asyncio.gather(*(coalescer.submit(v) for v in first)) == [v.upper() for v in first]
+    assert late is not None
+    assert await asyncio.wait_for(late, timeout=5) == "LATE"

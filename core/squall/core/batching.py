@@ -26,12 +26,17 @@ class Coalescer(Generic[In, Out]):
         self._max_batch = max_batch
         self._concurrency = concurrency
         self._waiting: list[tuple[In, asyncio.Future[Out]]] = []
-        self._writers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.Task[None]] = set()  # strong references: the loop keeps weak ones
+        # Writers that may still take what waits. Counted down by the writer itself, in the same step as its
+        # last look at the queue: a task's done callbacks run a step later, and a value submitted between
+        # the two found the writer still "running" and waited for the next submission to start one.
+        self._running = 0
 
     async def submit(self, value: In) -> Out:
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         self._waiting.append((value, future))
-        if len(self._writers) < self._concurrency:
+        if self._running < self._concurrency:
+            self._running += 1
             writer = asyncio.create_task(self._write_while_waiting())
             self._writers.add(writer)
             writer.add_done_callback(self._writers.discard)
@@ -39,6 +44,12 @@ class Coalescer(Generic[In, Out]):
         return await asyncio.shield(future)
 
     async def _write_while_waiting(self) -> None:
+        try:
+            await self._write_batches()
+        finally:
+            self._running -= 1
+
+    async def _write_batches(self) -> None:
         while self._waiting:
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
