@@ -99,9 +99,10 @@ class JsonHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.clear_header("Server")
 
-    def allowed_methods(self) -> list[str]:
-        """The methods this route implements (the ``Allow`` header of a 405)."""
-        return [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if _implements(type(self), m)]
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        """The methods this route serves (the ``Allow`` header of a 405): those the handler implements."""
+        return [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if _implements(cls, m)]
 
     def write_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)

@@ -262,7 +262,8 @@ class SubmitOtherMethods(BaseHandler):
     route = SUBMIT_ROUTE
     scope = "submit"
 
-    def allowed_methods(self) -> list[str]:
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
         return ["POST"]
 
 
