@@ -173,9 +173,9 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
 class AckedPublisher:
     """JetStream publishes that wait for the stream's ack, with every ack arriving on one subscription.
 
-    What ``JetStreamContext.publish`` does, at half its CPU (32-38 against 64-71 µs per publish, 16 in
-    flight, against a local NATS; docs/benchmarks.md): no task and timer per ``asyncio.wait_for``, no ack
-    object, acks decoded by orjson. The intake publishes once per request, so this is on its hottest path.
+    What ``JetStreamContext.publish`` does, for 30-45 % less CPU (``python -m bench.publish``, 16 in
+    flight; docs/benchmarks.md): no task and timer per ``asyncio.wait_for``, no ack object, acks decoded by
+    orjson. The intake publishes once per request, so this is on its hottest path.
     """
 
     def __init__(self, nc: Client) -> None:
