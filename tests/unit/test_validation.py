@@ -518,3 +518,17 @@ def test_one_bad_item_among_good_ones_is_named(entry: Any, field: str) -> None:
     with pytest.raises(ApiError) as caught:
         parse_submission({"items": [{"number": 1, "job": "sum"}, entry]}, KNOWN, 100, 128)
     assert caught.value.field == field and caught.value.status == 422
+
+
+def test_a_scalar_counts_as_a_level_of_nesting() -> None:
+    """The boundary stays where it was: objects nested ``MAX_JSON_DEPTH - 1`` deep around a number pass,
+    one more is refused (the number is the last level)."""
+    fits = MAX_JSON_DEPTH - 1
+    assert parse_json(b'{"a":' * fits + b"1" + b"}" * fits) is not None
+    deeper = MAX_JSON_DEPTH
+    err = error_of(parse_json, b'{"a":' * deeper + b"1" + b"}" * deeper)
+    assert (err.status, err.code) == (400, "too_deep")
+    mixed = (
+        b'{"items": [' + b"[" * (MAX_JSON_DEPTH - 3) + b"7" + b"]" * (MAX_JSON_DEPTH - 3) + b', {"a": []}]}'
+    )
+    assert parse_json(mixed) is not None  # exactly MAX_JSON_DEPTH levels, beside a shallower branch
