@@ -228,3 +228,96 @@ class AckedPublisher:
             acked.set_exception(NoStreamResponseError())  # no stream takes this subject
         else:
             acked.set_result(msg.data)
+
+
+class PullFailed(nats.errors.Error):
+    """JetStream refused a pull request (409: e.g. the consumer was deleted)."""
+
+
+class Puller:
+    """Messages of a durable JetStream pull consumer, pulled through one inbox subscription.
+
+    What ``PullSubscription.fetch`` does without its per-message ``asyncio.wait_for`` (a task and a timer
+    for each message of a batch): deliveries are appended to a list by the subscription's callback, and a
+    pull request ends when its batch is complete or JetStream answers its reply subject with a status (404
+    none left, 408 expired, 409 refused). Each request has its own reply subject, so the status of an
+    earlier request never ends a later one; a message delivered after its request ended is kept for the
+    next fetch. One puller serves one loop: fetches must not overlap.
+    """
+
+    # Beyond a pull request's own expiry, how long to wait for its status (lost when the connection drops).
+    GRACE_SECONDS = 1.0
+
+    def __init__(self, nc: Client, stream: str, consumer: str) -> None:
+        self.nc = nc
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = nc.new_inbox() + "."
+        self._requests = itertools.count()
+        self._delivered: list[Msg] = []
+        self._current: str | None = None  # reply subject of the pull request in flight
+        self._wanted = 0
+        self._ended = asyncio.Event()
+        self._refusal: str | None = None
+        self._subscription: Any = None
+
+    async def start(self) -> None:
+        self._subscription = await self.nc.subscribe(self._inbox + "*", cb=self._on_message)
+
+    async def stop(self) -> None:
+        """Unsubscribe; what was delivered and not fetched is handed back for redelivery at once."""
+        leftovers, self._delivered = self._delivered, []
+        for msg in leftovers:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+
+    async def fetch(self, batch: int, wait_seconds: float) -> list[Msg]:
+        """Up to ``batch`` messages: those available now; if none, wait up to ``wait_seconds`` for one and
+        take what came with it. TimeoutError when none came."""
+        msgs = await self._pull(batch, None)
+        if msgs:
+            return msgs
+        msgs = await self._pull(1, wait_seconds)
+        if not msgs:
+            raise TimeoutError
+        if batch > 1:
+            msgs += await self._pull(batch - 1, None)
+        return msgs
+
+    async def _pull(self, batch: int, wait_seconds: float | None) -> list[Msg]:
+        """One pull request: ``no_wait`` (what is there now) or expiring after ``wait_seconds``."""
+        if len(self._delivered) < batch:
+            reply = self._inbox + str(next(self._requests))
+            self._current, self._wanted, self._refusal = reply, batch, None
+            self._ended.clear()
+            request: dict[str, Any] = {"batch": batch - len(self._delivered)}
+            if wait_seconds is None:
+                request["no_wait"] = True
+            else:
+                request["expires"] = int(wait_seconds * 1e9)
+            try:
+                await self.nc.publish(self._next, orjson.dumps(request), reply=reply)
+                async with asyncio.timeout((wait_seconds or 0.0) + self.GRACE_SECONDS):
+                    await self._ended.wait()
+            except TimeoutError:
+                pass  # its status was lost (a reconnect): take what came
+            finally:
+                self._current = None
+        msgs, self._delivered = self._delivered[:batch], self._delivered[batch:]
+        if not msgs and self._refusal is not None:
+            raise PullFailed(self._refusal)
+        return msgs
+
+    async def _on_message(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        status = headers.get(Header.STATUS)
+        if status is None:
+            self._delivered.append(msg)
+            if len(self._delivered) >= self._wanted:
+                self._ended.set()
+        elif msg.subject == self._current and status != "100":  # 100: a heartbeat, not an end
+            if status == "409":
+                self._refusal = f"{status} {headers.get(Header.DESCRIPTION, '')}".strip()
+            self._ended.set()

@@ -24,12 +24,11 @@ from contextlib import AsyncExitStack
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from squall.core import events, metrics, otel, store, tracing
+from squall.core import broker, events, metrics, otel, store, tracing
 from squall.core.http import start_ops_server
 from squall.core.lifecycle import open_resources
 from squall.core.processings import ItemFailed, Processing, ProcessingError, Registry
@@ -42,8 +41,6 @@ REQUEST_WORKERS = 2
 TASK_WORKERS = 2
 SWEEP_INTERVAL_SECONDS = 15.0
 FETCH_WAIT_SECONDS = 1.0
-# How long a fetch may linger for more messages once one arrived: short, so a batch never waits to fill.
-FETCH_REST_SECONDS = 0.005
 SWEEP_MIN_AGE_SECONDS = 30.0
 # How often queue depths are sampled (one consumer-info request per consumer) and counts folded.
 QUEUE_SAMPLE_SECONDS = 5.0
@@ -73,8 +70,8 @@ class Processor:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish in-flight work within the grace period."""
-        # One pull subscription per worker loop: fetches on one subscription must not overlap.
-        subs = []
+        # One puller per worker loop: fetches on one puller must not overlap.
+        pullers: list[broker.Puller] = []
         workers = []
         for stream, consumer, count, batch, handle in (
             (
@@ -87,9 +84,10 @@ class Processor:
             (events.TASKS_STREAM, events.TASKS_CONSUMER, TASK_WORKERS, 1, self.handle_tasks),
         ):
             for _ in range(count):
-                sub = await self.js.pull_subscribe_bind(consumer, stream)
-                subs.append(sub)
-                workers.append(asyncio.create_task(self._consume(sub, batch, handle)))
+                puller = broker.Puller(self.nc, stream, consumer)
+                await puller.start()
+                pullers.append(puller)
+                workers.append(asyncio.create_task(self._consume(puller, batch, handle)))
         sweeper = asyncio.create_task(self._sweep_forever())
         watcher = asyncio.create_task(self._watch_forever())
         log.info("processor %s consuming (processings: %s)", self.name, ", ".join(self.registry))
@@ -102,20 +100,19 @@ class Processor:
         for worker in pending:
             worker.cancel()  # the handler naks what it holds: handed back, redelivered to another processor
         await asyncio.gather(*workers, sweeper, watcher, return_exceptions=True)
-        for sub in subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        for puller in pullers:
+            await puller.stop()
 
     async def _consume(
         self,
-        sub: JetStreamContext.PullSubscription,
+        puller: broker.Puller,
         batch: int,
         handle: Callable[[list[Msg]], Awaitable[None]],
     ) -> None:
         while not self.stopping.is_set():
             try:
-                msgs = await fetch_available(sub, batch)
-            except (NatsTimeout, TimeoutError):
+                msgs = await puller.fetch(batch, FETCH_WAIT_SECONDS)
+            except TimeoutError:
                 continue  # nothing to fetch
             except asyncio.CancelledError:
                 raise
@@ -125,7 +122,7 @@ class Processor:
                 continue
             self._in_flight += len(msgs)
             metrics.IN_FLIGHT.set(self._in_flight)
-            self.busy_since[id(sub)] = time.monotonic()
+            self.busy_since[id(puller)] = time.monotonic()
             try:
                 await handle(msgs)
             except asyncio.CancelledError:
@@ -138,7 +135,7 @@ class Processor:
             finally:
                 self._in_flight -= len(msgs)
                 metrics.IN_FLIGHT.set(self._in_flight)
-                del self.busy_since[id(sub)]
+                del self.busy_since[id(puller)]
 
     # --- request events -----------------------------------------------------------------------------------
 
@@ -525,21 +522,6 @@ async def run_batch(
         else:
             done.append(("done", store.result_json(value), None, None))
     return done, None
-
-
-async def fetch_available(
-    sub: JetStreamContext.PullSubscription, batch: int, wait: float = FETCH_WAIT_SECONDS
-) -> list[Msg]:
-    """Up to ``batch`` messages: wait up to ``wait`` for the first, then take what is there already.
-
-    One ``fetch(batch)`` would, once a first message arrived, keep waiting for the batch to fill until its
-    timeout: a request arriving on a quiet queue would wait a whole second.
-    """
-    msgs = await sub.fetch(1, timeout=wait)
-    if batch > 1:
-        with contextlib.suppress(NatsTimeout, TimeoutError):
-            msgs += await sub.fetch(batch - 1, timeout=FETCH_REST_SECONDS)
-    return msgs
 
 
 async def _nak_all(msgs: list[Msg], delay: float | None = None) -> None:
