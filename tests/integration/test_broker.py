@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import nats
 import pytest
 from nats.aio.msg import Msg
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType
 from nats.js.errors import APIError, NoStreamResponseError
 
 from squall.core import broker, events
@@ -88,3 +90,85 @@ async def test_acked_publisher_gives_up_at_its_deadline(settings: Settings) -> N
 
 async def _ignore(msg: Msg) -> None:
     return None
+
+
+async def _stream_with_consumer(js: JetStreamContext, name: str) -> None:
+    await js.add_stream(name=name, subjects=[f"{name.lower()}.>"])
+    await js.add_consumer(
+        name, ConsumerConfig(durable_name="work", ack_policy=AckPolicy.EXPLICIT, ack_wait=30)
+    )
+
+
+async def test_puller_takes_what_is_there_then_waits_for_more(settings: Settings) -> None:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        js = nc.jetstream()
+        await _stream_with_consumer(js, "PULLS")
+        for n in range(5):
+            await js.publish("pulls.x", str(n).encode())
+        puller = broker.Puller(nc, "PULLS", "work")
+        await puller.start()
+        first = await puller.fetch(3, 1.0)
+        assert [m.data for m in first] == [b"0", b"1", b"2"]  # a batch never exceeds its size
+        second = await puller.fetch(3, 1.0)
+        assert [m.data for m in second] == [b"3", b"4"]  # what is left, at once: no waiting to fill
+        for msg in first + second:
+            await msg.ack()
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError):  # nothing comes: the wait is bounded
+            await puller.fetch(3, 0.3)
+        assert 0.25 < loop.time() - started < 2.5
+
+        later = asyncio.create_task(puller.fetch(3, 5.0))
+        await asyncio.sleep(0.2)
+        await js.publish("pulls.x", b"late")
+        assert [m.data for m in await asyncio.wait_for(later, 5)] == [b"late"]  # delivered as it arrives
+        assert (await js.consumer_info("PULLS", "work")).num_ack_pending == 1
+        await puller.stop()
+    finally:
+        await nc.close()
+
+
+async def test_a_stopped_puller_hands_back_what_it_holds(settings: Settings) -> None:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        js = nc.jetstream()
+        await _stream_with_consumer(js, "HANDBACK")
+        for n in range(4):
+            await js.publish("handback.x", str(n).encode())
+        holder = broker.Puller(nc, "HANDBACK", "work")
+        await holder.start()
+        held = await holder.fetch(2, 1.0)
+        # Deliveries the loop has not fetched yet (as when one arrives after its pull request ended):
+        holder._delivered = held
+        await holder.stop()
+        other = broker.Puller(nc, "HANDBACK", "work")
+        await other.start()
+        loop = asyncio.get_running_loop()
+        started, again = loop.time(), []
+        while len(again) < 4 and loop.time() - started < 10:
+            with contextlib.suppress(TimeoutError):
+                again += await other.fetch(10, 1.0)
+        # Redelivered at once (JetStream takes a nak asynchronously), not after the 30 s ack wait.
+        assert sorted(m.data for m in again) == [b"0", b"1", b"2", b"3"]
+        assert loop.time() - started < 10
+        await other.stop()
+    finally:
+        await nc.close()
+
+
+async def test_a_pull_from_a_missing_consumer_fails_instead_of_spinning(settings: Settings) -> None:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        js = nc.jetstream()
+        await _stream_with_consumer(js, "GONE")
+        puller = broker.Puller(nc, "GONE", "work")
+        await puller.start()
+        await js.delete_consumer("GONE", "work")
+        with pytest.raises(broker.PullFailed):
+            await puller.fetch(5, 1.0)
+        await puller.stop()
+    finally:
+        await nc.close()
