@@ -103,6 +103,7 @@ async def test_gateway_sigterm_reports_not_ready_then_exits_zero(settings: Setti
             accepted = await client.post("/v1/requests", json={"items": [{"number": 1, "job": "sum"}]})
             assert accepted.status_code == 202
         assert await asyncio.to_thread(gateway.wait, 30) == 0
+        assert "gateway running on uvloop's event loop" in (tmp_path / "gateway.log").read_text()
     finally:
         services.stop_all()
 

@@ -70,6 +70,7 @@ async def _run(service: str, settings: Settings, main: ServiceMain) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    log.info("%s running on %s's event loop", service, type(loop).__module__.partition(".")[0])
     try:
         async with AsyncExitStack() as stack:
             await main(settings, stop, stack)
@@ -81,7 +82,7 @@ async def _run(service: str, settings: Settings, main: ServiceMain) -> None:
 async def _end_leftover_tasks(service: str) -> None:
     """End what the service's resources left running (a library's reconnect loop, say).
 
-    asyncio.run cancels leftovers once and then waits for them forever; one that swallowed its cancellation
+    The runner cancels leftovers once and then waits for them forever; one that swallowed its cancellation
     would keep the process alive after SIGTERM. Cancelled again here, within a bound; past it, the process
     names them and exits hard, as Kubernetes would SIGKILL it anyway.
     """
@@ -91,6 +92,18 @@ async def _end_leftover_tasks(service: str) -> None:
         log.error("%s: %d task(s) ignored cancellation, exiting now: %s", service, len(stuck), stuck)
         logging.shutdown()
         os._exit(1)
+
+
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop unless asyncio's is asked for (or uvloop is not installed: None is asyncio's)."""
+    if settings.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.info("uvloop is not installed: running on asyncio's event loop")
+        else:
+            return uvloop.new_event_loop
+    return None
 
 
 def run_service(service: str, settings: Settings, main: ServiceMain) -> None:
@@ -103,8 +116,11 @@ def run_service(service: str, settings: Settings, main: ServiceMain) -> None:
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_run(service, settings, main))
+        with (
+            contextlib.suppress(KeyboardInterrupt),
+            asyncio.Runner(loop_factory=loop_factory(settings)) as runner,
+        ):
+            runner.run(_run(service, settings, main))
     except broker.StoppedWhileConnecting:
         log.info("%s stopped before NATS answered", service)
     except (broker.NatsUnavailable, TokensFileError) as exc:  # one clear line, not a traceback

@@ -294,6 +294,11 @@ class Settings(BaseSettings):
     )
     log_format: Literal["json", "text"] = Field("json", description="json in containers, text locally.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="The services' event loop: uvloop (less CPU per request; asyncio's own where uvloop "
+        "is not installed) or asyncio.",
+    )
     instance_id: str = Field(
         "", description="Name of this process in logs and task claims (default: host-pid)."
     )
