@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -65,7 +67,7 @@ async def test_recording_is_planned_for_each_batch_not_once_per_connection(datab
                 await conn.execute(
                     text(
                         "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                        "WHERE statement LIKE '%WITH claimed AS%'"
+                        "WHERE statement LIKE '%UPDATE requests r SET recorded_at%'"
                         " AND statement NOT LIKE '%pg_prepared_statements%'"
                     )
                 )
@@ -74,3 +76,91 @@ async def test_recording_is_planned_for_each_batch_not_once_per_connection(datab
         await engine.dispose()
     assert plans.generic_plans == 0
     assert plans.custom_plans == 8
+
+
+@pytest.mark.parametrize(
+    ("rows", "chunks", "done"), [s for s in itertools.product([False, True], repeat=3) if any(s)]
+)
+async def test_each_shape_of_the_recording_statement_records_and_counts_its_items(
+    database_url: str, rows: bool, chunks: bool, done: bool
+) -> None:
+    """A batch's recording statement holds only the parts its items need (item rows, chunks, result rows):
+    each combination records every item where it belongs and counts it."""
+    engine = db.create_engine(make_settings("nats://127.0.0.1:1", database_url))
+    kinds = [kind for kind, present in (("rows", rows), ("chunks", chunks), ("done", done)) if present]
+    submitted = [
+        store.Submitted.of_event(
+            RequestSubmitted(
+                task_id=uuid.uuid4(),
+                rid=f"shape-{uuid.uuid4().hex}",
+                items=[Item(number=n, job="sum") for n in range(1 if kind == "rows" else 10)],
+            ),
+            False,
+            b"{}",
+        )
+        for kind in kinds
+    ]
+    counters = text(
+        "SELECT counter, sum(n) FROM stat_deltas WHERE counter IN ('items_recorded', 'items_done', "
+        "'requests_recorded', 'requests_processed') GROUP BY counter"
+    )
+    try:
+        async with engine.connect() as conn:
+            before = dict((await conn.execute(counters)).all())
+        accepted = await store.accept_requests(engine, submitted)
+        ids = [a.task_id for a in accepted if isinstance(a, store.Accepted)]
+        items = store.NewItems({"sum": 5})
+        for kind, task_id in zip(kinds, ids, strict=True):
+            if kind == "rows":  # one item: below the chunk size, a row
+                items.add(task_id, [0], ["sum"], [("done", "1", None, None)])
+            elif kind == "chunks":  # ten pending items of a chunked processing: two chunks
+                items.add(task_id, list(range(10)), ["sum"] * 10, [store.PENDING] * 10)
+            else:  # ten done items: one result row
+                items.add(
+                    task_id,
+                    list(range(10)),
+                    ["sum"] * 10,
+                    [("done", str(n + 1), None, None) for n in range(10)],
+                )
+        assert (bool(items.request_task_id), bool(items.chunks), bool(items.done)) == (rows, chunks, done)
+        recorded = await store.record_requests(engine, ids, items, {})
+        assert sorted(r.task_id for r in recorded) == sorted(ids)
+        async with engine.connect() as conn:
+            after = dict((await conn.execute(counters)).all())
+            states = dict(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT request_task_id, array_agg(state ORDER BY position) FROM all_items "
+                            "WHERE request_task_id = ANY(:ids) GROUP BY request_task_id"
+                        ),
+                        {"ids": ids},
+                    )
+                ).all()
+            )
+            held = dict(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT 'rows', count(*) FROM items WHERE request_task_id = ANY(:ids) UNION ALL "
+                            "SELECT 'chunks', count(*) FROM item_chunks WHERE request_task_id = ANY(:ids) "
+                            "UNION ALL "
+                            "SELECT 'done', count(*) FROM item_results WHERE request_task_id = ANY(:ids)"
+                        ),
+                        {"ids": ids},
+                    )
+                ).all()
+            )
+    finally:
+        await engine.dispose()
+    expected = {"rows": ["done"], "chunks": ["pending"] * 10, "done": ["done"] * 10}
+    assert states == {task_id: expected[kind] for kind, task_id in zip(kinds, ids, strict=True)}
+    assert held == {"rows": int(rows), "chunks": 2 * int(chunks), "done": int(done)}
+
+    def grew(counter: str) -> int:
+        return int(after.get(counter, 0)) - int(before.get(counter, 0))
+
+    assert grew("requests_recorded") == len(kinds)
+    assert grew("requests_processed") == len(kinds) - int(chunks)  # pending chunks: not processed yet
+    assert grew("items_recorded") == sum(1 if kind == "rows" else 10 for kind in kinds)
+    assert grew("items_done") == int(rows) + 10 * int(done)
