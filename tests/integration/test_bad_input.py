@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from squall.core.embedded import NatsServer
+from squall.core.embedded import NatsServer, PostgresServer
 from tests.integration.harness import System, make_settings
 
 
@@ -141,6 +141,35 @@ async def test_nats_unreachable_answers_503_with_retry_after(
     from tests.integration.harness import wait_for
 
     await wait_for(accepted, what="accepted after NATS came back")
+
+
+async def test_postgres_unreachable_answers_503_with_retry_after(
+    nats_url: str, own_postgres: PostgresServer, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    """The intake INSERT runs as the driver's SQL (``store.execute_hot``): a lost database is still a 503
+    with Retry-After, and the pooled connections it left dead are replaced once it is back."""
+    system = await system_factory(
+        make_settings(nats_url, own_postgres.url, processings={"sum": {"mode": "immediate"}})
+    )
+    await system.submit({"rid": "before", "items": [ITEM]})
+    own_postgres.stop()
+    try:
+        for rid in ("during-1", "during-2"):
+            response = await system.client.post("/v1/requests", json={"rid": rid, "items": [ITEM]})
+            assert response.status_code == 503, response.text
+            assert response.headers["Retry-After"]
+            assert _error(response)["code"] == "unavailable"
+    finally:
+        own_postgres.start()
+
+    from tests.integration.harness import wait_for
+
+    async def accepted() -> bool:
+        retry = await system.client.post("/v1/requests", json={"rid": "during-1", "items": [ITEM]})
+        return retry.status_code == 202
+
+    await wait_for(accepted, what="accepted after PostgreSQL came back")
+    await system.wait_processed("during-1")
 
 
 async def test_slow_clients_are_cut_off(
