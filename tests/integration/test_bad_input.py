@@ -146,8 +146,8 @@ async def test_nats_unreachable_answers_503_with_retry_after(
 async def test_postgres_unreachable_answers_503_with_retry_after(
     nats_url: str, own_postgres: PostgresServer, system_factory: Callable[..., Awaitable[System]]
 ) -> None:
-    """The intake INSERT runs as the driver's SQL (``store.execute_hot``): a lost database is still a 503
-    with Retry-After, and the pooled connections it left dead are replaced once it is back."""
+    """A lost database is a 503 with Retry-After (not a 500), and the pooled connections it left dead are
+    replaced once it is back: the same rid is accepted and processed."""
     system = await system_factory(
         make_settings(nats_url, own_postgres.url, processings={"sum": {"mode": "immediate"}})
     )

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import CursorResult, TextClause, text
-from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from squall.core.events import ItemFields, RequestSubmitted, read_request_submitted
@@ -54,28 +53,6 @@ def statements(engine: AsyncEngine) -> AsyncConnection:
     if autocommit is None:  # made once per engine: building it took ~5 % of the gateway's CPU per request
         autocommit = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
     return autocommit.connect()
-
-
-_ASYNCPG = PGDialect_asyncpg()
-
-
-@functools.cache
-def _for_the_driver(statement: TextClause) -> tuple[str, tuple[str, ...]]:
-    """A hot statement compiled once into asyncpg's SQL and the order of its parameters."""
-    compiled = statement.compile(dialect=_ASYNCPG)
-    return compiled.string, tuple(compiled.positiontup or ())
-
-
-async def execute_hot(
-    conn: AsyncConnection, statement: TextClause, params: Mapping[str, Any]
-) -> CursorResult[Any]:
-    """Execute a hot statement as the driver's SQL (``exec_driver_sql``): SQLAlchemy then skips its
-    per-execution work on a ``text()`` (compiled-cache lookup, parameter processing: ~145 µs of client CPU
-    per execution, a third of the intake INSERT's, docs/benchmarks.md) but still translates the driver's
-    errors and invalidates a connection found dead. The parameters are passed unchanged, as ``text()`` does
-    with untyped ones."""
-    sql, names = _for_the_driver(statement)
-    return await conn.exec_driver_sql(sql, tuple(params[name] for name in names))
 
 
 # --- intake (gateway) -------------------------------------------------------------------------------------
@@ -134,9 +111,7 @@ async def accept_requests(engine: AsyncEngine, batch: Sequence[Submitted]) -> li
     digests = [items_hash(s.items) for s in batch]
     async with statements(engine) as conn:
         # One statement inserts each request's two rows or neither.
-        created = {
-            row.task_id for row in await execute_hot(conn, _ACCEPT_MANY, _accept_params(batch, digests))
-        }
+        created = {row.task_id for row in await conn.execute(_ACCEPT_MANY, _accept_params(batch, digests))}
         answers: list[Accepted | Exception] = []
         for submitted, digest in zip(batch, digests, strict=True):
             if submitted.task_id in created:
@@ -161,7 +136,7 @@ async def _accept_existing(
             return Accepted(
                 existing.task_id, created=False, recorded=existing.recorded, payload=existing.payload
             )
-        if (await execute_hot(conn, _ACCEPT_MANY, _accept_params([submitted], [digest]))).first() is not None:
+        if (await conn.execute(_ACCEPT_MANY, _accept_params([submitted], [digest]))).first() is not None:
             return Accepted(submitted.task_id, created=True, recorded=False, payload=submitted.payload)
     return RuntimeError(f"rid {submitted.rid!r} keeps appearing and vanishing")
 
@@ -686,8 +661,7 @@ async def record_requests(
     ids = list(task_ids)
     pending = items.pending_requests()
     async with statements(engine) as conn:
-        rows = await execute_hot(
-            conn,
+        rows = await conn.execute(
             _record_statement(bool(items.request_task_id), bool(items.chunks), bool(items.done)),
             {
                 "ids": ids,
