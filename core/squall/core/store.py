@@ -631,7 +631,7 @@ _COUNT_DONE = """
 
 
 @functools.cache
-def _record_statement(rows: bool, chunks: bool, done: bool) -> TextClause:
+def record_statement(rows: bool, chunks: bool, done: bool) -> TextClause:
     """Recording of a batch with item rows, chunks and result rows (or not): mark the requests recorded
     (processed if complete), finish their tasks, insert their items, count all of it."""
     parts = [_RECORD_CLAIMED]
@@ -662,7 +662,7 @@ async def record_requests(
     pending = items.pending_requests()
     async with statements(engine) as conn:
         rows = await conn.execute(
-            _record_statement(bool(items.request_task_id), bool(items.chunks), bool(items.done)),
+            record_statement(bool(items.request_task_id), bool(items.chunks), bool(items.done)),
             {
                 "ids": ids,
                 "complete": [i not in pending for i in ids],
