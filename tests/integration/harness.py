@@ -116,12 +116,13 @@ class System:
     client: httpx.AsyncClient
     stack: AsyncExitStack
     app: GatewayApp
+    hot_engine: AsyncEngine
     processors: list[RunningProcessor] = field(default_factory=list)
 
     async def start_processor(self, name: str | None = None) -> Processor:
         name = name or f"processor-{len(self.processors)}"
         nc = await broker.connect(self.settings, name)
-        processor = Processor(self.settings, self.registry, self.engine, nc, name)
+        processor = Processor(self.settings, self.registry, self.engine, nc, name, self.hot_engine)
         stop = asyncio.Event()
         self.processors.append(RunningProcessor(processor, stop, asyncio.create_task(processor.run(stop))))
         return processor
@@ -222,10 +223,13 @@ async def start_system(settings: Settings, stack: AsyncExitStack, processors: in
     registry = load_registry(settings)
     engine = create_engine(settings)
     stack.push_async_callback(engine.dispose)
+    # The hot statements' pool, as the services open it (each statement planned once), shared here.
+    hot_engine = create_engine(settings, hot_statements=True)
+    stack.push_async_callback(hot_engine.dispose)
     nc = await broker.connect(settings, "test-gateway")
     stack.push_async_callback(nc.close)
     await broker.ensure_streams(nc.jetstream(), settings)
-    app = GatewayApp(settings, registry, engine, nc)
+    app = GatewayApp(settings, registry, engine, nc, hot_engine)
     server = make_server(app)
     port = free_port()
     server.listen(port, "127.0.0.1")
@@ -233,7 +237,7 @@ async def start_system(settings: Settings, stack: AsyncExitStack, processors: in
     base_url = f"http://127.0.0.1:{port}"
     client = httpx.AsyncClient(base_url=base_url, timeout=30.0)
     stack.push_async_callback(client.aclose)
-    system = System(settings, registry, engine, base_url, client, stack, app)
+    system = System(settings, registry, engine, base_url, client, stack, app, hot_engine)
     stack.push_async_callback(system.stop_processors)
     for index in range(processors):
         await system.start_processor(f"processor-{index}")

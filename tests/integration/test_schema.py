@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from squall.core import db, migrate, store
 from squall.core.events import Item, RequestSubmitted
@@ -37,45 +39,101 @@ def test_every_migration_can_be_undone_and_redone(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
-async def test_recording_is_planned_for_each_batch_not_once_per_connection(database_url: str) -> None:
+async def _record_batches(engine: AsyncEngine, prefix: str, batches: int = 8) -> None:
+    """Accept and record ``batches`` batches of five one-item requests through ``engine``."""
+    for batch in range(batches):
+        submitted = [
+            store.Submitted.of_event(
+                RequestSubmitted(
+                    task_id=uuid.uuid4(), rid=f"{prefix}{batch}-{n}", items=[Item(number=n, job="sum")]
+                ),
+                False,
+                b"{}",
+            )
+            for n in range(5)
+        ]
+        accepted = await store.accept_requests(engine, submitted)
+        ids = [a.task_id for a in accepted if isinstance(a, store.Accepted)]
+        items = store.NewItems()
+        for task_id in ids:
+            items.add(task_id, [1], ["sum"], [("done", "3", None, None)])
+        recorded = await store.record_requests(engine, ids, items, {})
+        assert [r.task_id for r in recorded] == ids
+
+
+async def _recording_plans(engine: AsyncEngine) -> Any:
+    async with engine.connect() as conn:  # the pool's one connection: the one that recorded
+        return (
+            await conn.execute(
+                text(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                    "WHERE statement LIKE '%UPDATE requests r SET recorded_at%'"
+                    " AND statement NOT LIKE '%pg_prepared_statements%'"
+                )
+            )
+        ).one()
+
+
+async def test_the_main_pool_plans_each_execution_not_once_per_connection(database_url: str) -> None:
     """PostgreSQL fixes a generic plan on a connection's sixth execution of a prepared statement. Made
     while the tables were nearly empty, that plan scanned every request (or every dead index entry) to
-    record each batch, for as long as the connection lived (migration 0006, db.create_engine)."""
-    settings = make_settings("nats://127.0.0.1:1", database_url, database_pool_size=1)
-    engine = db.create_engine(settings)
+    record each batch, for as long as the connection lived (migration 0006, db.create_engine): every
+    statement but the hot ones is planned for its parameters."""
+    engine = db.create_engine(make_settings("nats://127.0.0.1:1", database_url, database_pool_size=1))
     try:
-        for batch in range(8):
-            submitted = [
-                store.Submitted.of_event(
-                    RequestSubmitted(
-                        task_id=uuid.uuid4(), rid=f"b{batch}-{n}", items=[Item(number=n, job="sum")]
-                    ),
-                    False,
-                    b"{}",
-                )
-                for n in range(5)
-            ]
-            accepted = await store.accept_requests(engine, submitted)
-            ids = [a.task_id for a in accepted if isinstance(a, store.Accepted)]
-            items = store.NewItems()
-            for task_id in ids:
-                items.add(task_id, [1], ["sum"], [("done", "3", None, None)])
-            recorded = await store.record_requests(engine, ids, items, {})
-            assert [r.task_id for r in recorded] == ids
-        async with engine.connect() as conn:  # the pool's one connection: the one that recorded
-            plans = (
-                await conn.execute(
-                    text(
-                        "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                        "WHERE statement LIKE '%UPDATE requests r SET recorded_at%'"
-                        " AND statement NOT LIKE '%pg_prepared_statements%'"
-                    )
-                )
-            ).one()
+        await _record_batches(engine, "b")
+        plans = await _recording_plans(engine)
     finally:
         await engine.dispose()
-    assert plans.generic_plans == 0
-    assert plans.custom_plans == 8
+    assert (plans.generic_plans, plans.custom_plans) == (0, 8)
+
+
+async def test_the_hot_pool_plans_once_and_keeps_index_plans_as_the_tables_grow(database_url: str) -> None:
+    """The hot statements' pool (the intake INSERT, the recording) plans each statement once per
+    connection, on tables that are empty then, and still finds rows by index once they hold thousands."""
+    settings = make_settings("nats://127.0.0.1:1", database_url, database_pool_size=1)
+    hot = db.create_engine(settings, hot_statements=True)
+    engine = db.create_engine(settings)
+
+    async def scans() -> dict[str, tuple[int, int]]:
+        async with hot.connect() as conn:  # the recording backend reports its scans now
+            await conn.execute(text("SELECT pg_stat_force_next_flush()"))
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT relname, seq_scan, idx_scan FROM pg_stat_user_tables "
+                    "WHERE relname IN ('requests', 'tasks')"
+                )
+            )
+            return {r.relname: (r.seq_scan, r.idx_scan) for r in rows}
+
+    try:
+        await _record_batches(hot, "empty")  # the plans are made now, on empty tables
+        async with engine.begin() as conn:  # then the tables grow: 20,000 recorded requests
+            await conn.execute(
+                text(
+                    "INSERT INTO requests (rid, rid_is_int, task_id, items_hash, item_count, recorded_at) "
+                    "SELECT 'bulk-' || g, false, gen_random_uuid(), '\\x00', 1, now() "
+                    "FROM generate_series(1, 20000) AS g"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO tasks (id, kind, rid) "
+                    "SELECT task_id, 'request', rid FROM requests WHERE rid LIKE 'bulk-%'"
+                )
+            )
+        before = await scans()
+        await _record_batches(hot, "grown")
+        after = await scans()
+        plans = await _recording_plans(hot)
+    finally:
+        await hot.dispose()
+        await engine.dispose()
+    assert plans.custom_plans == 0 and plans.generic_plans == 16
+    for table in ("requests", "tasks"):
+        assert after[table][0] == before[table][0], f"{table} read by a sequential scan: {before} → {after}"
+        assert after[table][1] >= before[table][1] + 8, f"{table} not read by index: {before} → {after}"
 
 
 @pytest.mark.parametrize(

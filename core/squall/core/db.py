@@ -211,7 +211,29 @@ stat_deltas = Table(
 )
 
 
-def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
+# Every statement is planned for its parameters (a generic plan is fixed on a connection's sixth execution
+# of a statement, from the statistics of that moment, and a plan made while a table was nearly empty, a
+# sequential scan, then stays for the connection's life as the table grows) ...
+_PLANNED_PER_EXECUTION = {"plan_cache_mode": "force_custom_plan"}
+# ... except on the connections that run only the hot statements (the gateway's intake INSERT, the
+# processors' recording), found by key: planning was a third of PostgreSQL's time on them
+# (docs/benchmarks.md), so each is planned once per connection, and with sequential scans, hash and merge
+# joins disabled that one plan is the index plan whatever the tables held when it was made. JIT off: a
+# disabled path's cost would make every execution compile.
+_PLANNED_ONCE_BY_INDEX = {
+    "plan_cache_mode": "force_generic_plan",
+    "enable_seqscan": "off",
+    "enable_hashjoin": "off",
+    "enable_mergejoin": "off",
+    "jit": "off",
+}
+
+
+def create_engine(
+    settings: Settings, *, pool_size: int | None = None, hot_statements: bool = False
+) -> AsyncEngine:
+    """The process's connection pool; ``hot_statements``: a pool for the hot statements alone (above)."""
+    planning = _PLANNED_ONCE_BY_INDEX if hot_statements else _PLANNED_PER_EXECUTION
     engine = create_async_engine(
         settings.database_url,
         pool_size=pool_size or settings.database_pool_size,
@@ -221,12 +243,7 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
         pool_pre_ping=settings.database_pool_pre_ping,
         pool_recycle=1800,
         # Statements are built per call from text(); asyncpg's own prepared-statement cache does the rest.
-        # Each execution is planned for its parameters: a generic plan would be fixed on a connection's
-        # sixth execution, from the statistics of that moment, and a plan made while a table was nearly
-        # empty (a sequential scan) then stays for the connection's life as the table grows.
-        connect_args={
-            "server_settings": {"application_name": "squall", "plan_cache_mode": "force_custom_plan"}
-        },
+        connect_args={"server_settings": {"application_name": "squall", **planning}},
     )
     metrics.watch_pool(engine.pool)
     return engine

@@ -44,21 +44,32 @@ class Resources:
     registry: Registry
     engine: AsyncEngine
     nc: Client
+    hot_engine: AsyncEngine | None = None  # the hot statements' own pool (db.create_engine), if asked for
 
 
 async def open_resources(
-    settings: Settings, service: str, stack: AsyncExitStack, stop: asyncio.Event, pool_size: int | None = None
+    settings: Settings,
+    service: str,
+    stack: AsyncExitStack,
+    stop: asyncio.Event,
+    pool_size: int | None = None,
+    hot_pool_size: int = 0,
 ) -> Resources:
-    """Load the processings, open the database pool and the NATS connection, and make sure the streams
-    exist. On exit the stack drains NATS, then disposes of the pool. ``stop`` ends the wait for NATS."""
+    """Load the processings, open the database pool (and, with ``hot_pool_size``, the hot statements' pool)
+    and the NATS connection, and make sure the streams exist. On exit the stack drains NATS, then disposes
+    of the pools. ``stop`` ends the wait for NATS."""
     registry = load_registry(settings)
     name = instance_id(settings, service)
     engine = create_engine(settings, pool_size=pool_size)
     stack.push_async_callback(engine.dispose)
+    hot_engine = None
+    if hot_pool_size:
+        hot_engine = create_engine(settings, pool_size=hot_pool_size, hot_statements=True)
+        stack.push_async_callback(hot_engine.dispose)
     nc = await broker.connect(settings, name, stop)
     stack.push_async_callback(nc.drain)
     await broker.ensure_streams(nc.jetstream(), settings)
-    return Resources(name, registry, engine, nc)
+    return Resources(name, registry, engine, nc, hot_engine)
 
 
 def instance_id(settings: Settings, service: str) -> str:

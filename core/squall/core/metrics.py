@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
@@ -87,11 +88,15 @@ DB_POOL_CONNECTIONS = Gauge(
 )
 
 
+_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def watch_pool(pool: Any) -> None:
-    """Report a SQLAlchemy pool's connections (read at scrape time: nothing to update on the hot path).
-    A process has one pool; should it make another, the latest is reported."""
-    DB_POOL_CONNECTIONS.labels("in_use").set_function(lambda: pool.checkedout())
-    DB_POOL_CONNECTIONS.labels("idle").set_function(lambda: pool.checkedin())
+    """Report a SQLAlchemy pool's connections with the process's other pools' (read at scrape time: nothing
+    to update on the hot path); a pool no longer referenced drops out."""
+    _POOLS.add(pool)
+    DB_POOL_CONNECTIONS.labels("in_use").set_function(lambda: sum(p.checkedout() for p in list(_POOLS)))
+    DB_POOL_CONNECTIONS.labels("idle").set_function(lambda: sum(p.checkedin() for p in list(_POOLS)))
 
 
 QUEUE_PENDING = Gauge(

@@ -61,10 +61,19 @@ INTAKE_WRITERS = 2
 class GatewayApp(tornado.web.Application):
     """The Tornado application, with its dependencies injected."""
 
-    def __init__(self, settings: Settings, registry: Registry, engine: AsyncEngine, nc: Client) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        engine: AsyncEngine,
+        nc: Client,
+        hot_engine: AsyncEngine | None = None,
+    ) -> None:
         self.squall = settings
         self.registry = registry
         self.engine = engine
+        # The intake INSERT's own pool, each statement planned once (db.create_engine); else ``engine``.
+        self.hot_engine = hot_engine or engine
         self.nc = nc
         self.publisher = AckedPublisher(nc)
         self.accepting = True
@@ -106,7 +115,7 @@ class GatewayApp(tornado.web.Application):
 
     async def _accept_many(self, batch: Sequence[store.Submitted]) -> list[store.Accepted | Exception]:
         metrics.INTAKE_BATCH.observe(len(batch))
-        return await store.accept_requests(self.engine, batch)
+        return await store.accept_requests(self.hot_engine, batch)
 
     async def problems(self) -> list[str]:
         found = await dependency_problems(self.nc, self.engine)
@@ -490,8 +499,8 @@ def make_server(app: GatewayApp) -> tornado.httpserver.HTTPServer:
 
 async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -> None:
     """``squall gateway``."""
-    res = await open_resources(settings, "gateway", stack, stop)
-    app = GatewayApp(settings, res.registry, res.engine, res.nc)
+    res = await open_resources(settings, "gateway", stack, stop, hot_pool_size=INTAKE_WRITERS)
+    app = GatewayApp(settings, res.registry, res.engine, res.nc, res.hot_engine)
     server = make_server(app)
     server.listen(settings.gateway.port, settings.gateway.host, reuse_port=settings.gateway.reuse_port)
     log.info("gateway listening on http://%s:%d", settings.gateway.host, settings.gateway.port)

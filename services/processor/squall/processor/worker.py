@@ -48,7 +48,13 @@ QUEUE_SAMPLE_SECONDS = 5.0
 
 class Processor:
     def __init__(
-        self, settings: Settings, registry: Registry, engine: AsyncEngine, nc: Client, name: str
+        self,
+        settings: Settings,
+        registry: Registry,
+        engine: AsyncEngine,
+        nc: Client,
+        name: str,
+        hot_engine: AsyncEngine | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -57,6 +63,8 @@ class Processor:
             p.name: p.batch_size for p in registry.values() if p.mode == "batch" and p.claim == "lock"
         }
         self.engine = engine
+        # The recording's own pool, each statement planned once (db.create_engine); else ``engine``.
+        self.hot_engine = hot_engine or engine
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.name = name
@@ -200,7 +208,7 @@ class Processor:
         items = store.NewItems(self.chunk_sizes)
         for event in distinct.values():
             items.add(event.task_id, event.numbers, event.jobs, computed[event.task_id])
-        recorded = await store.record_requests(self.engine, list(distinct), items, dead)
+        recorded = await store.record_requests(self.hot_engine, list(distinct), items, dead)
         # The requests recorded before (redeliveries, re-publishes) were left alone.
         fresh = {r.task_id for r in recorded}
         finished = {r.task_id: r.seconds for r in recorded if r.processed}
@@ -549,7 +557,7 @@ async def _keep_in_progress(msg: Msg, ack_wait: float):  # type: ignore[no-untyp
 
 async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -> None:
     """``squall processor``."""
-    res = await open_resources(settings, "processor", stack, stop)
+    res = await open_resources(settings, "processor", stack, stop, hot_pool_size=REQUEST_WORKERS)
     longest = max((p.timeout_seconds for p in res.registry.values()), default=0.0)
     if longest >= settings.processor.stall_seconds:
         log.warning(
@@ -558,7 +566,7 @@ async def main(settings: Settings, stop: asyncio.Event, stack: AsyncExitStack) -
             settings.processor.stall_seconds,
             longest,
         )
-    processor = Processor(settings, res.registry, res.engine, res.nc, res.name)
+    processor = Processor(settings, res.registry, res.engine, res.nc, res.name, res.hot_engine)
     ops = start_ops_server(
         settings.processor.http_port, processor.problems, settings.processor.http_host, processor.stalls
     )
