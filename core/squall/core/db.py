@@ -239,7 +239,7 @@ def create_engine(
         pool_size=pool_size or settings.database_pool_size,
         max_overflow=0,
         # No ping per checkout (a round trip per request): a connection found dead when used is
-        # invalidated with every older one, so a database restart costs each process one failed call.
+        # invalidated with every older one, so a database restart costs each pool one failed call.
         pool_pre_ping=settings.database_pool_pre_ping,
         pool_recycle=1800,
         # Statements are built per call from text(); asyncpg's own prepared-statement cache does the rest.
