@@ -95,17 +95,17 @@ async def test_the_hot_pool_plans_once_and_keeps_index_plans_as_the_tables_grow(
     hot = db.create_engine(settings, hot_statements=True)
     engine = db.create_engine(settings)
 
-    async def scans() -> dict[str, tuple[int, int]]:
+    async def scans() -> dict[str, tuple[int, int, int]]:
         async with hot.connect() as conn:  # the recording backend reports its scans now
             await conn.execute(text("SELECT pg_stat_force_next_flush()"))
         async with engine.connect() as conn:
             rows = await conn.execute(
                 text(
-                    "SELECT relname, seq_scan, idx_scan FROM pg_stat_user_tables "
+                    "SELECT relname, seq_scan, idx_scan, idx_tup_fetch FROM pg_stat_user_tables "
                     "WHERE relname IN ('requests', 'tasks')"
                 )
             )
-            return {r.relname: (r.seq_scan, r.idx_scan) for r in rows}
+            return {r.relname: (r.seq_scan, r.idx_scan, r.idx_tup_fetch) for r in rows}
 
     try:
         await _record_batches(hot, "empty")  # the plans are made now, on empty tables
@@ -134,6 +134,8 @@ async def test_the_hot_pool_plans_once_and_keeps_index_plans_as_the_tables_grow(
     for table in ("requests", "tasks"):
         assert after[table][0] == before[table][0], f"{table} read by a sequential scan: {before} → {after}"
         assert after[table][1] >= before[table][1] + 8, f"{table} not read by index: {before} → {after}"
+        # By key: the 40 requests recorded (and their intake), not the whole index (20,000 rows).
+        assert after[table][2] - before[table][2] < 1_000, f"{table} read whole: {before} → {after}"
 
 
 @pytest.mark.parametrize(
