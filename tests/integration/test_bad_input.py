@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from squall.core.embedded import NatsServer, PostgresServer
-from tests.integration.harness import System, make_settings
+from tests.integration.harness import System, make_settings, wait_for
 
 
 def _error(response: Any) -> dict[str, Any]:
@@ -138,8 +138,6 @@ async def test_nats_unreachable_answers_503_with_retry_after(
         retry = await system.client.post("/v1/requests", json={"rid": "later", "items": [ITEM]})
         return retry.status_code == 202
 
-    from tests.integration.harness import wait_for
-
     await wait_for(accepted, what="accepted after NATS came back")
 
 
@@ -161,8 +159,6 @@ async def test_postgres_unreachable_answers_503_with_retry_after(
             assert _error(response)["code"] == "unavailable"
     finally:
         own_postgres.start()
-
-    from tests.integration.harness import wait_for
 
     async def accepted() -> bool:
         retry = await system.client.post("/v1/requests", json={"rid": "during-1", "items": [ITEM]})

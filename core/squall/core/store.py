@@ -554,8 +554,9 @@ class RecordedRequest:
 
 
 # The statement that records requests, in parts: each batch's statement has only the parts its items need
-# (item rows, chunks, result rows), since every execution is planned (design.md) and planning the parts a
-# batch does not use cost about as much as executing the rest (P1: 0.29 ms against 0.18 for a batch of 10).
+# (item rows, chunks, result rows). Planned per execution (the main pool, design.md), the parts a batch
+# does not use took a third of the planning (`python -m bench.planning`); on the hot statements' pool each
+# shape is planned once per connection, and the unused parts would still be started for every execution.
 _RECORD_CLAIMED = """
     claimed AS (
         UPDATE requests r SET recorded_at = now(), payload = NULL,
