@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from typing import Any
@@ -224,3 +225,92 @@ async def test_each_shape_of_the_recording_statement_records_and_counts_its_item
     assert grew("requests_processed") == len(kinds) - int(chunks)  # pending chunks: not processed yet
     assert grew("items_recorded") == sum(1 if kind == "rows" else 10 for kind in kinds)
     assert grew("items_done") == int(rows) + 10 * int(done)
+
+
+async def _accept(engine: AsyncEngine, rids: list[str], item_count: int) -> list[uuid.UUID]:
+    """Accept one request per rid with ``item_count`` items; the task ids of those created now."""
+    submitted = [
+        store.Submitted.of_event(
+            RequestSubmitted(
+                task_id=uuid.uuid4(), rid=rid, items=[Item(number=n, job="sum") for n in range(item_count)]
+            ),
+            False,
+            b"{}",
+        )
+        for rid in rids
+    ]
+    accepted = await store.accept_requests(engine, submitted)
+    return [a.task_id for a in accepted if isinstance(a, store.Accepted) and a.created]
+
+
+async def test_acceptances_are_counted_by_triggers_seeded_by_their_migration(database_url: str) -> None:
+    """Requests accepted and their items are counted by triggers on ``requests`` (migration 0011), whoever
+    inserts them: the migration counts the rows already there, a withdrawn acceptance is taken back, a
+    purge of recorded history is not; and reading the counts never reads ``requests``."""
+    # One connection: the scans it reports (forced out before each look) are all there are.
+    settings = make_settings("nats://127.0.0.1:1", database_url, database_pool_size=1)
+    await asyncio.to_thread(command.downgrade, migrate.alembic_config(settings), "0010")
+    engine = db.create_engine(settings)
+
+    async def truth() -> tuple[int, int, int]:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*), count(recorded_at), "
+                        "coalesce(sum(item_count) FILTER (WHERE recorded_at IS NULL), 0) FROM requests"
+                    )
+                )
+            ).one()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    async def counted() -> tuple[int, int, int]:
+        stats = await store.read_stats(engine)
+        return stats.accepted, stats.recorded, stats.unrecorded_items
+
+    async def scans_of_requests() -> int:
+        async with engine.connect() as conn:  # the backend reports its scans when this transaction ends
+            await conn.execute(text("SELECT pg_stat_force_next_flush()"))
+        async with engine.connect() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+                            "WHERE relname = 'requests'"
+                        )
+                    )
+                ).scalar_one()
+            )
+
+    try:
+        # Before the migration: four requests of three items, one of them recorded.
+        old = await _accept(engine, [f"old-{n}" for n in range(4)], 3)
+        items = store.NewItems()
+        items.add(old[0], [0, 1, 2], ["sum"] * 3, [("done", "1", None, None)] * 3)
+        assert len(await store.record_requests(engine, old[:1], items, {})) == 1
+        await engine.dispose()
+        await migrate.upgrade_async(settings)
+        assert await counted() == await truth() == (4, 1, 9)
+
+        # After it: two of three new requests (two items each) accepted, one withdrawn; a rid submitted
+        # again is no acceptance.
+        new = await _accept(engine, ["new-0", "new-1", "new-2", "old-1"], 2)
+        assert len(new) == 3
+        await store.withdraw_request(engine, new[0])
+        await store.withdraw_request(engine, old[0])  # recorded: not withdrawn
+        assert await counted() == await truth() == (6, 1, 13)
+        assert await store.fold_stat_deltas(engine)
+        assert await counted() == (6, 1, 13)
+
+        # Deleting recorded history leaves the counts of what happened.
+        async with engine.begin() as conn:
+            await conn.execute(text("DELETE FROM requests WHERE task_id = :t"), {"t": old[0]})
+        assert await counted() == (6, 1, 13)
+
+        before = await scans_of_requests()
+        for _ in range(3):
+            await store.read_stats(engine)
+        assert await scans_of_requests() == before
+    finally:
+        await engine.dispose()

@@ -184,7 +184,17 @@ item_results = Table(
 
 # --- counts (see store.read_stats) -------------------------------------------------------------------------
 
-STAT_COUNTERS = ("requests_recorded", "requests_processed", "items_recorded", "items_done", "items_failed")
+# requests_accepted and items_accepted are kept by triggers on requests (migration 0011), the others by the
+# statements that record requests and finish items.
+STAT_COUNTERS = (
+    "requests_accepted",
+    "items_accepted",
+    "requests_recorded",
+    "requests_processed",
+    "items_recorded",
+    "items_done",
+    "items_failed",
+)
 _COUNTER_CHECK = f"counter IN {STAT_COUNTERS}"
 
 stat_totals = Table(

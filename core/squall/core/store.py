@@ -318,14 +318,6 @@ _READ_STATS = text(
     SELECT counter, processing, CAST(sum(n) AS bigint) AS n FROM (
         SELECT counter, processing, n FROM stat_totals
         UNION ALL SELECT counter, processing, n FROM stat_deltas
-        -- A request keeps its payload until it is recorded: the predicate of requests_awaiting_record,
-        -- which carries item_count, so one index-only scan gives both counts.
-        UNION ALL SELECT u.counter, '', u.n FROM (
-            SELECT count(*) AS requests, coalesce(sum(item_count), 0) AS items FROM requests
-            WHERE payload IS NOT NULL
-        ) AS unrecorded CROSS JOIN LATERAL (
-            VALUES ('requests_unrecorded', unrecorded.requests), ('items_unrecorded', unrecorded.items)
-        ) AS u(counter, n)
         -- A dead request task (its immediate items failed at recording) counts under its items' processing.
         UNION ALL SELECT 'tasks_dead', coalesce(t.processing, (SELECT i.job FROM items i
                                                               WHERE i.request_task_id = t.id
@@ -338,9 +330,10 @@ _READ_STATS = text(
 
 
 async def read_stats(engine: AsyncEngine) -> Stats:
-    """Request and item counts in one statement whose cost does not grow with the history: folded
-    counters, the deltas not folded yet, and counts over partial indexes as small as the backlog
-    (requests not recorded yet and their items, dead tasks)."""
+    """Request and item counts in one statement whose cost does not grow with the history or the backlog:
+    folded counters, the deltas not folded yet, and dead tasks (a partial index as small as the dead-letter
+    list). Requests not recorded yet are the accepted ones (counted by triggers, migration 0011) less the
+    recorded ones, and so are their items."""
     async with statements(engine) as conn:
         rows = (await conn.execute(_READ_STATS)).all()
     counts: dict[tuple[str, str], int] = {(r.counter, r.processing): int(r.n) for r in rows}
@@ -355,13 +348,14 @@ async def read_stats(engine: AsyncEngine) -> Stats:
                 "done": done,
                 "failed": failed,
             }
+    items_recorded = sum(n for (counter, _), n in counts.items() if counter == "items_recorded")
     return Stats(
-        accepted=recorded + counts.get(("requests_unrecorded", ""), 0),
+        accepted=counts.get(("requests_accepted", ""), 0),
         recorded=recorded,
         processed=counts.get(("requests_processed", ""), 0),
         items=items,
         dead_tasks={p: n for (c, p), n in sorted(counts.items()) if c == "tasks_dead"},
-        unrecorded_items=counts.get(("items_unrecorded", ""), 0),
+        unrecorded_items=counts.get(("items_accepted", ""), 0) - items_recorded,
     )
 
 
