@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 
@@ -113,3 +114,68 @@ async def test_a_broker_that_stops_reading_gets_503s_not_a_hang(
         return bool((await system.request_state("big-0"))["recorded"])
 
     await wait_for(recorded, timeout=20, what="the rid submitted again recorded")
+
+
+def _signal_postgres(server: PostgresServer, sig: signal.Signals) -> None:
+    """Signal the postmaster and every backend: SIGSTOP freezes the whole server (connections stay open)."""
+    assert server.process is not None
+    children = subprocess.run(
+        ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    for pid in [server.process.pid, *map(int, children)]:
+        os.kill(pid, sig)
+
+
+async def test_a_database_that_stops_answering_gets_503s_not_a_hang(
+    nats_url: str, own_postgres: PostgresServer, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    """PostgreSQL frozen (SIGSTOP: its connections open, nothing answered, as behind a network that drops
+    packets): a submission and the stats are answered 503 once ``database_timeout_seconds`` has passed,
+    not held until TCP gives up; nothing is half-written, and once it thaws intake and processing go on."""
+    settings = make_settings(
+        nats_url,
+        own_postgres.url,
+        database_timeout_seconds=2.0,
+        processings={"sum": {"mode": "immediate"}},
+    )
+    system = await system_factory(settings, processors=1)
+    await system.submit({"rid": "before", "items": [{"number": 1, "job": "sum"}]})
+    await system.wait_processed("before")
+    await asyncio.sleep(1.2)  # the gateway's stats cache (a second) has expired: /v1/stats must ask
+    _signal_postgres(own_postgres, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        submitted, stats = await asyncio.wait_for(
+            asyncio.gather(
+                system.client.post(
+                    "/v1/requests", json={"rid": "frozen", "items": [{"number": 2, "job": "sum"}]}
+                ),
+                system.client.get("/v1/stats"),
+            ),
+            timeout=20,
+        )
+        waited = time.monotonic() - started
+    finally:
+        _signal_postgres(own_postgres, signal.SIGCONT)
+    for response in (submitted, stats):
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "unavailable"
+        assert response.headers["Retry-After"]
+    assert waited >= 2.0  # the database was waited for, then given up on
+
+    # A client retries what was refused. Its statement may have reached the database before the freeze
+    # and run on thawing (too late for the cancel): the retry then finds it, publishes it again, and
+    # either way it is recorded and processed once.
+    retried = await system.client.post(
+        "/v1/requests", json={"rid": "frozen", "items": [{"number": 2, "job": "sum"}]}
+    )
+    assert retried.status_code in (200, 202), retried.text
+    await system.submit({"rid": "after", "items": [{"number": 3, "job": "sum"}]})
+    for rid in ("frozen", "after"):
+        await system.wait_processed(rid)
+    rows = await system.fetch("SELECT number, state, result FROM all_items ORDER BY number")
+    assert [(r["number"], r["state"], r["result"]) for r in rows] == [
+        (1, "done", "3"),
+        (2, "done", "4"),
+        (3, "done", "5"),
+    ]

@@ -247,8 +247,15 @@ def create_engine(
         # invalidated with every older one, so a database restart costs each pool one failed call.
         pool_pre_ping=settings.database_pool_pre_ping,
         pool_recycle=1800,
+        # Every wait on PostgreSQL is bounded: a server that stops answering (frozen, or a network that
+        # drops packets without a reset) would otherwise hold a submission until TCP gives up.
+        pool_timeout=settings.database_timeout_seconds,
         # Statements are built per call from text(); asyncpg's own prepared-statement cache does the rest.
-        connect_args={"server_settings": {"application_name": "squall", **planning}},
+        connect_args={
+            "server_settings": {"application_name": "squall", **planning},
+            "command_timeout": settings.database_timeout_seconds,
+            "timeout": settings.database_timeout_seconds,
+        },
     )
     metrics.watch_pool(engine.pool)
     return engine

@@ -287,6 +287,14 @@ class Settings(BaseSettings):
         description="File holding the PostgreSQL password (e.g. a mounted Secret); it replaces the URL's.",
     )
     database_pool_size: int = Field(10, ge=1, le=200, description="Connections per process.")
+    database_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Longest wait for PostgreSQL on one call: a statement, a connection from the pool or a "
+        "new connection. Past it the statement is cancelled and the caller answers 503 (intake) or retries "
+        "later (processors), rather than hang on a database that stopped answering.",
+    )
     database_pool_pre_ping: bool = Field(
         False,
         description="Test each pooled connection before use (a round trip each time); only for networks "
