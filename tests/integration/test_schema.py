@@ -314,3 +314,35 @@ async def test_acceptances_are_counted_by_triggers_seeded_by_their_migration(dat
         assert await scans_of_requests() == before
     finally:
         await engine.dispose()
+
+
+async def test_a_poll_task_plans_its_transaction_as_a_queue_and_reads_its_gate(database_url: str) -> None:
+    """A poll task's transaction plans on the queue's indexes (``plan_as_a_queue``), and only that
+    transaction; ``gate`` answers why its processing must wait; a finished task is not started again."""
+    engine = db.create_engine(make_settings("nats://127.0.0.1:1", database_url, database_pool_size=1))
+    queue_settings = text(
+        "SELECT current_setting('enable_seqscan'), current_setting('enable_bitmapscan'), "
+        "current_setting('enable_sort')"
+    )
+    try:
+        first = uuid.uuid4()
+        async with engine.begin() as conn:
+            await store.plan_as_a_queue(conn)
+            assert await store.start_poll_task(conn, first, "sum", 10)
+            assert tuple((await conn.execute(queue_settings)).one()) == ("off", "off", "off")
+            assert await store.gate(conn, "sum", ["db"]) is None
+            await store.finish_poll_task(conn, first, "succeeded", 0, None)
+        async with engine.begin() as conn:
+            assert tuple((await conn.execute(queue_settings)).one()) == ("on", "on", "on")
+            assert not await store.start_poll_task(conn, first, "sum", 10)  # finished: not run again
+            await conn.execute(
+                text(
+                    "INSERT INTO dependencies (name, kind, target, state) VALUES ('db', 'tcp', 'x:1', 'down')"
+                )
+            )
+            assert await store.gate(conn, "sum", ["db"]) == "dependency down: db"
+            assert await store.gate(conn, "sum", []) is None
+            await conn.execute(text("INSERT INTO processing_settings (name, paused) VALUES ('sum', true)"))
+            assert await store.gate(conn, "sum", ["db"]) == "paused"
+    finally:
+        await engine.dispose()
