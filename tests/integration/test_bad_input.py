@@ -65,13 +65,21 @@ async def test_unknown_job_names_the_known_ones(system: System) -> None:
         (b"{not json", 400, "invalid_json"),
         (b"", 400, "invalid_json"),
         (b"[" * 40 + b"]" * 40, 400, "too_deep"),
+        # Too deep where a field is expected: refused as too deep, not as the field's type (the depth is
+        # checked once the fields are refused).
+        (b'{"items": [{"number": 1, "job": "sum"}], "rid": ' + b"[" * 40 + b"]" * 40 + b"}", 400, "too_deep"),
+        (b'{"items": [{"number": 1, "job": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}]}", 400, "too_deep"),
+        (
+            b'{"items": [{"number": 1, "job": "sum"}], "extra": ' + b"[" * 33 + b"]" * 33 + b"}",
+            400,
+            "too_deep",
+        ),
     ],
 )
-async def test_malformed_bodies(system: System, content: bytes, status: int, code: str) -> None:
-    response = await system.client.post(
-        "/v1/requests", content=content, headers={"Content-Type": "application/json"}
-    )
-    assert response.status_code == status
+@pytest.mark.parametrize("route", ["/v1/requests", "/number_request"])
+async def test_malformed_bodies(system: System, route: str, content: bytes, status: int, code: str) -> None:
+    response = await system.client.post(route, content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
     assert _error(response)["code"] == code
 
 

@@ -42,15 +42,24 @@ def check_json_content_type(content_type: str | None) -> None:
 
 
 def parse_json(body: bytes) -> Any:
+    value = load_json(body)
+    check_depth(value)
+    return value
+
+
+def load_json(body: bytes) -> Any:
+    """The body as JSON, its depth not checked yet (:func:`check_depth`)."""
     if not body.strip():
         raise ApiError(400, "invalid_json", "the body is empty; send a JSON object", "body")
     try:
-        value = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc.msg}", "body") from None
+
+
+def check_depth(value: Any) -> None:
     if _depth(value) > MAX_JSON_DEPTH:
         raise ApiError(400, "too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels", "body")
-    return value
 
 
 _CONTAINERS = (dict, list)  # a tuple: isinstance against it is faster than against dict | list
