@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+
+from squall.core.embedded import PostgresServer
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 QUERY_TIMEOUT_SECONDS = 60.0
@@ -78,6 +84,19 @@ SELECT count(*) AS n,
        avg(extract(epoch FROM processed_at - created_at))::float8 AS avg
 FROM requests WHERE processed
 """
+
+
+@contextlib.contextmanager
+def scratch_postgres(name: str) -> Iterator[str]:
+    """An embedded PostgreSQL of its own in a temporary folder (127.0.0.1 only), for a narrow benchmark;
+    yields its SQLAlchemy URL and removes it all afterwards."""
+    with tempfile.TemporaryDirectory(prefix=f"squall-{name}-") as folder:
+        server = PostgresServer(Path(folder) / "pg")
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 def dsn(port: int) -> str:

@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import uuid
-from pathlib import Path
 
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bench.db import scratch_postgres
 from squall.core import db, migrate, store
-from squall.core.embedded import PostgresServer
 from squall.core.settings import load_settings
 
 
@@ -78,13 +76,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10, help="requests per batch (default 10)")
     parser.add_argument("--repeat", type=int, default=40, help="plans per median (default 40)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="squall-planning-") as folder:
-        server = PostgresServer(Path(folder) / "pg")
-        server.start()
-        try:
-            asyncio.run(measure(server.url, args.requests, args.repeat))
-        finally:
-            server.stop()
+    with scratch_postgres("planning") as url:
+        asyncio.run(measure(url, args.requests, args.repeat))
 
 
 if __name__ == "__main__":

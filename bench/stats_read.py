@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.db import scratch_postgres
 from squall.core import db, migrate, store
-from squall.core.embedded import PostgresServer
 from squall.core.settings import load_settings
 
 # What read_stats counted before migration 0011.
@@ -115,13 +113,8 @@ def main() -> None:
     parser.add_argument("--unrecorded", type=int, default=20_000, help="of them, not recorded yet")
     parser.add_argument("--repeat", type=int, default=50, help="reads per median (default 50)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="squall-stats-read-") as folder:
-        server = PostgresServer(Path(folder) / "pg")
-        server.start()
-        try:
-            asyncio.run(measure(server.url, args.requests, args.unrecorded, args.repeat))
-        finally:
-            server.stop()
+    with scratch_postgres("stats-read") as url:
+        asyncio.run(measure(url, args.requests, args.unrecorded, args.repeat))
 
 
 if __name__ == "__main__":
