@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from squall.core.embedded import NatsServer, PostgresServer
-from tests.integration.harness import SteadyLoad, System, make_settings, wait_for
+from tests.integration.harness import LogRecords, SteadyLoad, System, make_settings, wait_for
 
 
 @pytest.mark.slow
@@ -127,7 +127,10 @@ def _signal_postgres(server: PostgresServer, sig: signal.Signals) -> None:
 
 
 async def test_a_database_that_stops_answering_gets_503s_not_a_hang(
-    nats_url: str, own_postgres: PostgresServer, system_factory: Callable[..., Awaitable[System]]
+    nats_url: str,
+    own_postgres: PostgresServer,
+    system_factory: Callable[..., Awaitable[System]],
+    records: LogRecords,
 ) -> None:
     """PostgreSQL frozen (SIGSTOP: its connections open, nothing answered, as behind a network that drops
     packets): a submission and the stats are answered 503 once ``database_timeout_seconds`` has passed,
@@ -162,6 +165,8 @@ async def test_a_database_that_stops_answering_gets_503s_not_a_hang(
         assert response.json()["error"]["code"] == "unavailable"
         assert response.headers["Retry-After"]
     assert waited >= 2.0  # the database was waited for, then given up on
+    # The log names the cause (a timeout's own message is empty).
+    assert records.find("POST /v1/requests: dependency unavailable: TimeoutError")
 
     # A client retries what was refused. Its statement may have reached the database before the freeze
     # and run on thawing (too late for the cancel): the retry then finds it, publishes it again, and

@@ -14,6 +14,8 @@ import tornado.httpserver
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from squall.core.logs import error_text
+
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], Awaitable[list[str]]]
@@ -85,7 +87,7 @@ def log_failure(method: str | None, route: str, exc: BaseException) -> None:
     if isinstance(exc, ApiError):
         return
     if is_unavailable(exc):
-        log.warning("%s %s: dependency unavailable: %s", method, route, exc)
+        log.warning("%s %s: dependency unavailable: %s", method, route, error_text(exc))
         return
     log.error("unhandled error in %s %s", method, route, exc_info=exc)
 

@@ -68,3 +68,8 @@ def configure_logging(service: str, log_format: str = "json", level: str = "INFO
     root.setLevel(level)
     # Tornado logs every request at INFO; our own metrics cover that.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception for a log line: its message, or its type where it has none (a timeout's is empty)."""
+    return str(exc) or type(exc).__name__

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from squall.core import metrics
 from squall.core.http import ApiError
+from squall.core.logs import error_text
 
 log = logging.getLogger("squall.gateway")
 
@@ -62,5 +63,5 @@ class Admission:
         try:
             return await self._backlog()
         except Exception as exc:  # the database is unreachable: intake itself answers 503 for that
-            log.debug("backlog not read: %s", exc)
+            log.debug("backlog not read: %s", error_text(exc))
             return 0

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from squall.core import metrics, store
 from squall.core.http import MetricsHandler
+from squall.core.logs import error_text
 from squall.gateway.base import BaseHandler
 
 log = logging.getLogger("squall.gateway")
@@ -107,7 +108,7 @@ class GatewayMetricsHandler(MetricsHandler):
         try:
             await self.cache.get()
         except Exception as exc:
-            log.warning("state gauges not refreshed: %s", exc)
+            log.warning("state gauges not refreshed: %s", error_text(exc))
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest())
 

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from squall.core import broker, events, metrics, otel, store, tracing
 from squall.core.http import start_ops_server
 from squall.core.lifecycle import open_resources
+from squall.core.logs import error_text
 from squall.core.processings import ItemFailed, Processing, ProcessingError, Registry
 from squall.core.readiness import dependency_problems
 from squall.core.settings import Settings
@@ -434,7 +435,7 @@ class Processor:
             try:
                 await step()
             except Exception as exc:
-                log.warning("%s failed: %s", what, exc)
+                log.warning("%s failed: %s", what, error_text(exc))
 
     async def _sweep_forever(self) -> None:
         await self._periodically(SWEEP_INTERVAL_SECONDS, self.republish_lost, "sweep for lost request events")

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from squall.core import checks, events, metrics, schedules, store
 from squall.core.http import start_ops_server
 from squall.core.lifecycle import open_resources
+from squall.core.logs import error_text
 from squall.core.processings import Registry
 from squall.core.readiness import dependency_problems
 from squall.core.settings import Settings
@@ -94,7 +95,7 @@ class Scheduler:
             )
         except Exception as exc:
             # Without the database this replica cannot know it still leads: it stops leading.
-            log.warning("lease renewal failed: %s", exc)
+            log.warning("lease renewal failed: %s", error_text(exc))
             epoch = None
         if epoch != self.epoch:
             if epoch is not None:
@@ -111,7 +112,7 @@ class Scheduler:
         try:
             counts = await store.pending_counts(self.engine)
         except Exception as exc:
-            log.warning("reading the backlog failed: %s", exc)
+            log.warning("reading the backlog failed: %s", error_text(exc))
             return
         for name in self.registry:
             metrics.PROCESSING_PENDING.labels(name).set(counts.get(name, 0))
@@ -133,7 +134,7 @@ class Scheduler:
                     due = await store.dependencies_due(self.engine)
                     await asyncio.gather(*(checks.check_and_record(self.engine, d) for d in due))
                 except Exception as exc:
-                    log.warning("dependency checks failed: %s", exc)
+                    log.warning("dependency checks failed: %s", error_text(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), CHECK_WAKE_SECONDS)
 
@@ -147,7 +148,7 @@ class Scheduler:
                 try:
                     sleep = await self.fire_due()
                 except Exception as exc:
-                    log.warning("firing ticks failed: %s", exc)
+                    log.warning("firing ticks failed: %s", error_text(exc))
                     sleep = 0.5
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), max(0.0, sleep))
