@@ -346,3 +346,29 @@ async def test_a_poll_task_plans_its_transaction_as_a_queue_and_reads_its_gate(d
             assert await store.gate(conn, "sum", ["db"]) == "paused"
     finally:
         await engine.dispose()
+
+
+async def test_the_builtin_default_schedules_are_raised_to_batches_of_5000(database_url: str) -> None:
+    """Migration 0012: the default schedules of ``sum`` and ``mul`` made with 1,000-item batches poll 5,000
+    at a time, like their registrations now; a schedule made through the API, or given another size, keeps
+    its own."""
+    settings = make_settings("nats://127.0.0.1:1", database_url)
+    await asyncio.to_thread(command.downgrade, migrate.alembic_config(settings), "0011")
+    engine = db.create_engine(settings)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO schedules (name, processing, interval_seconds, batch_size, next_due_at, "
+                    "origin) SELECT name, processing, 2, 1000, now(), origin FROM (VALUES "
+                    "('sum', 'sum', 'default'), ('mul', 'mul', 'default'), ('square', 'square', 'default'), "
+                    "('sum-nightly', 'sum', 'api')) AS s(name, processing, origin)"
+                )
+            )
+        await engine.dispose()
+        await migrate.upgrade_async(settings)
+        async with engine.connect() as conn:
+            sizes = dict((await conn.execute(text("SELECT name, batch_size FROM schedules"))).all())
+    finally:
+        await engine.dispose()
+    assert sizes == {"sum": 5000, "mul": 5000, "square": 1000, "sum-nightly": 1000}

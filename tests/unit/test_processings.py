@@ -446,7 +446,7 @@ def test_override_from_environment_applies_to_a_builtin(monkeypatch: pytest.Monk
     monkeypatch.setenv("SQUALL_PROCESSINGS__SUM__MODE", "immediate")
     registry = load_registry(load_settings())
     assert registry["sum"].mode == "immediate"
-    assert registry["sum"].batch_size == 1000
+    assert registry["sum"].batch_size == 5000
     assert registry["mul"].mode == "batch"
 
 
