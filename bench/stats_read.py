@@ -6,10 +6,10 @@ grows, and of migration 0011, which seeds the acceptance counters, on an embedde
 
 It migrates to 0010, inserts ``--requests`` requests and their recorded counts (the last ``--unrecorded``
 of them not recorded yet, then as many rows recorded again: the dead row versions a busy table holds
-before vacuum), times the
-upgrade to 0011 (the seeding count, during which intake waits), then prints the median time of
-``store.read_stats`` and, for comparison, of the count it replaced: the requests not recorded yet and their
-items summed over the partial index ``requests_awaiting_record``, before and after ``ANALYZE``.
+before vacuum), times the upgrade to 0011 (the seeding count, during which intake waits), then prints the
+median time of ``store.read_stats`` and, for comparison, of the count it replaced: the requests not
+recorded yet and their items summed over the partial index ``requests_awaiting_record``, before and after
+``ANALYZE``.
 """
 
 from __future__ import annotations

@@ -40,21 +40,26 @@ def test_every_migration_can_be_undone_and_redone(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
+async def _accept(engine: AsyncEngine, rids: list[str], item_count: int) -> list[uuid.UUID]:
+    """Accept one request per rid with ``item_count`` items; the task ids of those created now."""
+    submitted = [
+        store.Submitted.of_event(
+            RequestSubmitted(
+                task_id=uuid.uuid4(), rid=rid, items=[Item(number=n, job="sum") for n in range(item_count)]
+            ),
+            False,
+            b"{}",
+        )
+        for rid in rids
+    ]
+    accepted = await store.accept_requests(engine, submitted)
+    return [a.task_id for a in accepted if isinstance(a, store.Accepted) and a.created]
+
+
 async def _record_batches(engine: AsyncEngine, prefix: str, batches: int = 8) -> None:
     """Accept and record ``batches`` batches of five one-item requests through ``engine``."""
     for batch in range(batches):
-        submitted = [
-            store.Submitted.of_event(
-                RequestSubmitted(
-                    task_id=uuid.uuid4(), rid=f"{prefix}{batch}-{n}", items=[Item(number=n, job="sum")]
-                ),
-                False,
-                b"{}",
-            )
-            for n in range(5)
-        ]
-        accepted = await store.accept_requests(engine, submitted)
-        ids = [a.task_id for a in accepted if isinstance(a, store.Accepted)]
+        ids = await _accept(engine, [f"{prefix}{batch}-{n}" for n in range(5)], 1)
         items = store.NewItems()
         for task_id in ids:
             items.add(task_id, [1], ["sum"], [("done", "3", None, None)])
@@ -225,22 +230,6 @@ async def test_each_shape_of_the_recording_statement_records_and_counts_its_item
     assert grew("requests_processed") == len(kinds) - int(chunks)  # pending chunks: not processed yet
     assert grew("items_recorded") == sum(1 if kind == "rows" else 10 for kind in kinds)
     assert grew("items_done") == int(rows) + 10 * int(done)
-
-
-async def _accept(engine: AsyncEngine, rids: list[str], item_count: int) -> list[uuid.UUID]:
-    """Accept one request per rid with ``item_count`` items; the task ids of those created now."""
-    submitted = [
-        store.Submitted.of_event(
-            RequestSubmitted(
-                task_id=uuid.uuid4(), rid=rid, items=[Item(number=n, job="sum") for n in range(item_count)]
-            ),
-            False,
-            b"{}",
-        )
-        for rid in rids
-    ]
-    accepted = await store.accept_requests(engine, submitted)
-    return [a.task_id for a in accepted if isinstance(a, store.Accepted) and a.created]
 
 
 async def test_acceptances_are_counted_by_triggers_seeded_by_their_migration(database_url: str) -> None:

@@ -88,16 +88,14 @@ async def authorize(
     return principal
 
 
-def read_json_body(app: GatewayApp, request: HTTPServerRequest, *, check_depth: bool = True) -> Any:
-    """A submission's body as JSON, in the order of the checks: media type, size, JSON (and its depth)."""
+def read_json_body(app: GatewayApp, request: HTTPServerRequest) -> Any:
+    """A submission's body as JSON, in the order of the checks: media type, size, JSON (its depth is left
+    to :func:`read_submission`)."""
     validation.check_json_content_type(request.headers.get("Content-Type"))
     limit = app.squall.gateway.max_body_bytes
     if len(request.body) > limit:
         raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes", "body")
-    value = validation.load_json(request.body)
-    if check_depth:
-        validation.check_depth(value)
-    return value
+    return validation.load_json(request.body)
 
 
 def read_submission(
@@ -107,7 +105,7 @@ def read_submission(
     levels at most, so the depth is checked only when they are refused (45 % of the CPU of reading a
     100-item body, ``python -m bench.validation``), and a document too deep is still refused as such."""
     gw = app.squall.gateway
-    doc = read_json_body(app, request, check_depth=False)
+    doc = read_json_body(app, request)
     try:
         return parse(doc, app.registry, gw.max_items, gw.max_rid_length)
     except ApiError:
