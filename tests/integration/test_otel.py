@@ -28,6 +28,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from squall.core import events, otel
 from squall.core.embedded import free_port
 from squall.core.settings import OtelSettings, Settings
+from squall.gateway import validation
+from squall.gateway.app import SUBMIT_ROUTE, begin_intake_trace, submit
 from tests.integration import effect_processings
 from tests.integration.harness import ROOT, LogRecords, ServiceProcesses, System, make_settings, wait_for
 
@@ -232,6 +234,54 @@ async def test_one_trace_covers_client_gateway_nats_and_processor(
     (unsampled,) = records.find("request recorded and processed", rid="unsampled")
     assert unsampled.__dict__["trace_id"] == unsampled_trace  # still followed in the logs
     assert receiver.content_types == {"application/x-protobuf"}
+
+
+async def test_requests_published_together_keep_a_trace_each(
+    exporting: None,
+    receiver: OtlpReceiver,
+    records: LogRecords,
+    nats_url: str,
+    database_url: str,
+    system_factory: Callable[..., Awaitable[System]],
+) -> None:
+    """Requests whose events share one JetStream message each keep their own trace across the NATS hop:
+    the batch carries every request's traceparent, and the processor starts a consumer span per request."""
+    immediate = {"sum": {"mode": "immediate"}}
+    system = await system_factory(make_settings(nats_url, database_url, processings=immediate))
+    gw = system.settings.gateway
+    traces = [f"{i + 1:032x}" for i in range(8)]
+
+    async def traced_submission(index: int) -> None:
+        span = begin_intake_trace(SUBMIT_ROUTE, f"00-{traces[index]}-{CLIENT_SPAN}-01")
+        body = {"rid": f"t-{index}", "items": [{"number": index, "job": "sum"}]}
+        sub = validation.parse_submission(body, system.registry, gw.max_items, gw.max_rid_length)
+        await submit(system.app, sub)
+        assert span is not None
+        otel.end_server(span, 202)
+
+    js = system.app.nc.jetstream()
+    before = (await js.stream_info(events.REQUESTS_STREAM)).state.last_seq
+    await asyncio.gather(*(asyncio.create_task(traced_submission(i)) for i in range(len(traces))))
+    assert (await js.stream_info(events.REQUESTS_STREAM)).state.last_seq == before + 1  # one message
+    for index in range(len(traces)):
+        await system.wait_processed(f"t-{index}")
+
+    async def consumer_spans() -> bool:
+        return sum(s.kind == CONSUMER for s in receiver.spans) >= len(traces)
+
+    await wait_for(consumer_spans, what="a consumer span per request")
+    for index, trace in enumerate(traces):
+        server = receiver.one(kind=SERVER, trace_id=trace)
+        producer = receiver.one(kind=PRODUCER, trace_id=trace)
+        consumer = receiver.one(kind=CONSUMER, trace_id=trace)
+        assert server.parent_span_id == CLIENT_SPAN
+        assert producer.parent_span_id == server.span_id
+        assert consumer.parent_span_id == producer.span_id  # across the shared message
+        assert consumer.attributes["squall.rid"] == f"t-{index}"
+        assert consumer.attributes["squall.processed"] is True
+        assert consumer.attributes["messaging.batch.message_count"] == len(traces)
+        (recorded,) = records.find("request recorded and processed", rid=f"t-{index}")
+        assert (recorded.__dict__["trace_id"], recorded.__dict__["span_id"]) == (trace, consumer.span_id)
 
 
 async def test_a_replay_traces_into_the_poll_task(

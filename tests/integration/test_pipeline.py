@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -9,8 +10,10 @@ import nats
 import orjson
 import pytest
 
-from squall.core import events
+from squall.core import events, store
 from squall.core.settings import Settings
+from squall.gateway import validation
+from squall.gateway.app import submit
 from tests.integration.harness import System, make_settings, wait_for
 
 EXPECTED = {"sum": lambda n: n + 2, "mul": lambda n: n * 2, "square": lambda n: n * n}
@@ -158,4 +161,80 @@ async def test_a_malformed_request_event_is_dropped_and_the_next_recorded(system
         assert info.delivered.stream_seq == 2 and info.num_redelivered == 0
     finally:
         await nc.close()
+    assert await system.fetchval("SELECT count(*) FROM requests WHERE rid = 'bad'") == 0
+
+
+async def _settled(js: nats.js.JetStreamContext) -> bool:
+    info = await js.consumer_info(events.REQUESTS_STREAM, events.REQUESTS_CONSUMER)
+    return info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_requests_accepted_together_share_one_message_and_each_is_recorded(system: System) -> None:
+    """Concurrent acceptances are published in one JetStream message (one publish, one ack, one delivery,
+    one processor ack), and the processor records every request it carries."""
+    gw = system.settings.gateway
+    subs = [
+        validation.parse_submission(
+            {"rid": f"together-{i}", "items": [{"number": i, "job": "sum"}]},
+            system.registry,
+            gw.max_items,
+            gw.max_rid_length,
+        )
+        for i in range(20)
+    ]
+    nc = await nats.connect(system.settings.nats_url)
+    try:
+        js = nc.jetstream()
+        before = (await js.stream_info(events.REQUESTS_STREAM)).state.last_seq
+        accepted = await asyncio.gather(*(submit(system.app, sub) for sub in subs))
+        assert all(a.created for a in accepted)
+        last = (await js.stream_info(events.REQUESTS_STREAM)).state.last_seq
+        assert last - before == 1  # the callers arrived together: one INSERT, then one publish
+        carried = events.read_request_events((await js.get_msg(events.REQUESTS_STREAM, last)).data)
+        assert [(event.rid, event.task_id) for event, _ in carried] == [
+            (sub.rid, a.task_id) for sub, a in zip(subs, accepted, strict=True)
+        ]
+        await wait_for(lambda: _settled(js), what="the batch acked")
+        info = await js.consumer_info(events.REQUESTS_STREAM, events.REQUESTS_CONSUMER)
+        assert info.num_redelivered == 0
+    finally:
+        await nc.close()
+    recorded = await system.fetchval(
+        "SELECT count(*) FROM requests WHERE rid LIKE 'together-%' AND recorded_at IS NOT NULL"
+    )
+    assert recorded == 20
+    await system.publish_poll("sum", batch_size=100)
+    assert (await system.wait_processed("together-19"))["items"][0]["result"] == 21
+
+
+async def test_a_malformed_batch_is_dropped_and_its_requests_republished_by_the_sweep(system: System) -> None:
+    """A batch with one request that breaks the contract is terminated whole; its valid requests, accepted
+    but not recorded, are published again one by one by the processors' sweep."""
+    task_id = uuid.uuid4()
+    items: list[events.ItemFields] = [{"number": 5, "job": "sum"}]
+    payload = events.request_submitted_json(task_id, "swept", items)
+    await store.accept_requests(system.hot_engine, [store.Submitted(task_id, "swept", False, items, payload)])
+    bad = {"v": 1, "task_id": str(uuid.uuid4()), "rid": "bad", "items": [{"number": 1}]}
+    batch = orjson.dumps(
+        {
+            "v": 1,
+            "requests": [
+                {"event": orjson.Fragment(payload), "traceparent": None},
+                {"event": bad, "traceparent": None},
+            ],
+        }
+    )
+    nc = await nats.connect(system.settings.nats_url)
+    try:
+        js = nc.jetstream()
+        await js.publish(events.REQUEST_SUBMITTED, batch)
+        await wait_for(lambda: _settled(js), what="the batch settled")
+        info = await js.consumer_info(events.REQUESTS_STREAM, events.REQUESTS_CONSUMER)
+        assert info.num_redelivered == 0  # terminated, not handed back
+        assert await system.fetchval("SELECT count(*) FROM requests WHERE recorded_at IS NOT NULL") == 0
+        assert await system.processors[0].processor.republish_lost(older_than_seconds=0) == 1
+    finally:
+        await nc.close()
+    await system.publish_poll("sum", batch_size=10)
+    assert (await system.wait_processed("swept"))["items"][0]["result"] == 7
     assert await system.fetchval("SELECT count(*) FROM requests WHERE rid = 'bad'") == 0

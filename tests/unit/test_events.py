@@ -17,7 +17,9 @@ from squall.core.events import (
     RequestSubmitted,
     poll_subject,
     poll_task_id,
+    read_request_events,
     read_request_submitted,
+    request_batch_json,
     request_msg_id,
     request_submitted_json,
 )
@@ -149,3 +151,52 @@ def test_the_reader_is_stricter_than_the_model_where_the_gateway_never_writes(it
 def test_the_reader_refuses_what_is_not_json() -> None:
     with pytest.raises(MalformedEvent, match="not JSON"):
         read_request_submitted(b'{"task_id": ')
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_batch_carries_each_request_with_its_trace_and_a_single_event_reads_as_one() -> None:
+    first, second = uuid.uuid4(), uuid.uuid4()
+    one: list[ItemFields] = [{"number": 1, "job": "sum"}]
+    two: list[ItemFields] = [{"number": 2**63 - 1, "job": "mul"}, {"number": -5, "job": "sum"}]
+    batch = request_batch_json(
+        [
+            (request_submitted_json(first, "a", one), TRACEPARENT),
+            (request_submitted_json(second, "b", two), None),
+        ]
+    )
+    assert read_request_events(batch) == [
+        (RequestEvent(first, "a", [1], ["sum"]), TRACEPARENT),
+        (RequestEvent(second, "b", [2**63 - 1, -5], ["mul", "sum"]), None),
+    ]
+    assert read_request_events(request_submitted_json(first, "a", one)) == [
+        (RequestEvent(first, "a", [1], ["sum"]), None)
+    ]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"v": 1, "requests": []},
+        {"v": 1, "requests": {"event": submitted()}},
+        {"v": 2, "requests": [{"event": submitted(), "traceparent": None}]},
+        {"v": 1, "requests": [{"event": submitted(), "traceparent": None}], "color": "red"},
+        {"v": 1, "requests": [submitted()]},
+        {"v": 1, "requests": [{"traceparent": TRACEPARENT}]},
+        {"v": 1, "requests": [{"event": submitted(), "traceparent": 7}]},
+        {"v": 1, "requests": [{"event": submitted(), "traceparent": None, "color": "red"}]},
+        {"v": 1, "requests": [{"event": "{}", "traceparent": None}]},
+        # One malformed request spoils its whole batch (dropped; its requests wait for the sweep).
+        {
+            "v": 1,
+            "requests": [
+                {"event": submitted(), "traceparent": None},
+                {"event": submitted(items=[{"number": 1}]), "traceparent": None},
+            ],
+        },
+    ],
+)
+def test_a_malformed_batch_is_refused(doc: object) -> None:
+    with pytest.raises(MalformedEvent):
+        read_request_events(orjson.dumps(doc))

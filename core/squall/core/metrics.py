@@ -49,6 +49,11 @@ EVENTS_PUBLISHED = Counter(
 PUBLISH_DURATION = Histogram(
     "squall_publish_duration_seconds", "Time for JetStream to ack a publish.", buckets=_FAST_BUCKETS
 )
+PUBLISH_BATCH = Histogram(
+    "squall_publish_batch_requests",
+    "Fresh requests whose events the gateway published together (one JetStream message per 256 KiB).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 INTAKE_BATCH = Histogram(
     "squall_intake_batch_requests",
     "Submissions the gateway accepted per database statement (concurrent ones share one: group commit).",

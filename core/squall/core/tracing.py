@@ -87,10 +87,11 @@ def begin(trace: TraceContext) -> None:
     _current.set(trace)
 
 
-def headers() -> dict[str, str]:
-    """The NATS headers that carry the current trace to the next service."""
+def current_traceparent() -> str | None:
+    """The ``traceparent`` that carries the current trace to the next service (a NATS header, or a batch
+    entry's field)."""
     trace = _current.get()
-    return {HEADER: trace.traceparent} if trace is not None else {}
+    return trace.traceparent if trace is not None else None
 
 
 def trace_of(message_headers: dict[str, str] | None) -> TraceContext:

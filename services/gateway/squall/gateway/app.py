@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from http.client import responses
 from typing import Any
 
@@ -42,6 +43,7 @@ from squall.core.http import (
     ops_routes,
 )
 from squall.core.lifecycle import open_resources
+from squall.core.logs import error_text
 from squall.core.processings import Registry
 from squall.core.readiness import dependency_problems
 from squall.core.settings import Settings
@@ -56,6 +58,11 @@ RETRY_AFTER_SECONDS = "2"
 # Acceptances written per statement at most, and statements in flight at once (each holds a connection).
 INTAKE_BATCH = 500
 INTAKE_WRITERS = 2
+# Fresh acceptances' events published together: requests per message at most, bytes per message at most
+# (a single event above it goes alone), and publishes awaiting JetStream's ack at once.
+OUTBOX_BATCH = 500
+OUTBOX_BYTES = 256 * 1024
+OUTBOX_PUBLISHES = 2
 
 
 class GatewayApp(tornado.web.Application):
@@ -87,6 +94,10 @@ class GatewayApp(tornado.web.Application):
         # Concurrent submissions are accepted together: one INSERT (one round trip, one commit) per batch.
         self.intake: Coalescer[store.Submitted, store.Accepted] = Coalescer(
             self._accept_many, max_batch=INTAKE_BATCH, concurrency=INTAKE_WRITERS
+        )
+        # ... and their events share JetStream messages the same way (see :meth:`_publish_many`).
+        self.outbox: Coalescer[Outgoing, None] = Coalescer(
+            self._publish_many, max_batch=OUTBOX_BATCH, concurrency=OUTBOX_PUBLISHES
         )
         super().__init__(
             [
@@ -124,33 +135,93 @@ class GatewayApp(tornado.web.Application):
         return found
 
     async def publish(
-        self, subject: str, payload: bytes, msg_id: str, span_attributes: Callable[[], otel.Attributes]
+        self,
+        subject: str,
+        payload: bytes,
+        msg_id: str,
+        span_attributes: Callable[[], otel.Attributes],
+        together: bool = False,
     ) -> None:
         """Publish and wait for JetStream's ack; ApiError 503 when it cannot be persisted now.
-        ``span_attributes`` is called only when spans are exported."""
+        ``span_attributes`` is called only when spans are exported. ``together``: a fresh request's event,
+        sent in one message with the others waiting (:meth:`_publish_many`)."""
         if not self.nc.is_connected:
             metrics.EVENTS_PUBLISHED.labels(subject, "unavailable").inc()
             raise _unavailable("the message broker is unreachable")
         span = None
         if otel.tracer is None:
-            headers = {"Nats-Msg-Id": msg_id, **tracing.headers()}
+            traceparent = tracing.current_traceparent()
         else:  # the processor's span becomes the child of this publish
             span, sent = otel.start_producer(subject, msg_id, span_attributes())
-            headers = {"Nats-Msg-Id": msg_id, tracing.HEADER: sent.traceparent}
+            traceparent = sent.traceparent
         started = time.perf_counter()
-        timeout = self.squall.gateway.publish_timeout_seconds
         try:
-            await self.publisher.publish(subject, payload, headers, timeout)
+            if together:
+                await self.outbox.submit(Outgoing(payload, msg_id, traceparent))
+            else:
+                await self._publish_one(subject, payload, msg_id, traceparent)
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             if span is not None:
                 otel.end(span, exc)
             metrics.EVENTS_PUBLISHED.labels(subject, "failed").inc()
-            log.warning("publish to %s failed: %s", subject, exc)
+            log.warning("publish to %s failed: %s", subject, error_text(exc))
             raise _unavailable("the message broker did not persist the request") from None
         if span is not None:
             otel.end(span)
         metrics.PUBLISH_DURATION.observe(time.perf_counter() - started)
         metrics.child(metrics.EVENTS_PUBLISHED, subject, "ok").inc()
+
+    async def _publish_one(self, subject: str, payload: bytes, msg_id: str, traceparent: str | None) -> None:
+        headers = {"Nats-Msg-Id": msg_id}
+        if traceparent is not None:
+            headers[tracing.HEADER] = traceparent
+        await self.publisher.publish(subject, payload, headers, self.squall.gateway.publish_timeout_seconds)
+
+    async def _publish_many(self, batch: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Fresh requests' events, as few messages as :data:`OUTBOX_BYTES` allows, published at once: one
+        publish and one ack per message (and one delivery and one ack on the processor's side) rather than
+        per request. A message of one request is its plain event, with its message id. A message of several
+        has no message id: nothing publishes it again (a failed one is withdrawn and answered 503, and a
+        retry or the sweep republishes each request as its own event)."""
+        groups: list[list[Outgoing]] = [[]]
+        size = 0
+        for out in batch:
+            if groups[-1] and size + len(out.payload) > OUTBOX_BYTES:
+                groups.append([])
+                size = 0
+            groups[-1].append(out)
+            size += len(out.payload)
+        results = await asyncio.gather(
+            *(
+                self._publish_one(
+                    events.REQUEST_SUBMITTED, group[0].payload, group[0].msg_id, group[0].traceparent
+                )
+                if len(group) == 1
+                else self.publisher.publish(
+                    events.REQUEST_SUBMITTED,
+                    events.request_batch_json([(out.payload, out.traceparent) for out in group]),
+                    {},
+                    self.squall.gateway.publish_timeout_seconds,
+                )
+                for group in groups
+            ),
+            return_exceptions=True,
+        )
+        metrics.PUBLISH_BATCH.observe(len(batch))
+        return [
+            result if isinstance(result, BaseException) else None
+            for group, result in zip(groups, results, strict=True)
+            for _ in group
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A fresh request's event waiting in the outbox."""
+
+    payload: bytes
+    msg_id: str
+    traceparent: str | None
 
 
 def _unavailable(message: str) -> ApiError:
@@ -300,7 +371,7 @@ async def submit(app: GatewayApp, sub: validation.Submission) -> store.Accepted:
 
     if accepted.created:
         try:
-            await app.publish(events.REQUEST_SUBMITTED, payload, msg_id, span_attributes)
+            await app.publish(events.REQUEST_SUBMITTED, payload, msg_id, span_attributes, together=True)
         except ApiError:
             await store.withdraw_request(app.engine, accepted.task_id)
             raise

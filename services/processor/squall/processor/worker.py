@@ -21,6 +21,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -150,61 +151,72 @@ class Processor:
 
     async def handle_requests(self, msgs: list[Msg]) -> None:
         started = time.perf_counter()
-        submitted: list[tuple[Msg, events.RequestEvent]] = []
+        readable: list[Msg] = []
+        submitted: list[Delivered] = []
         for msg in msgs:
             if msg.metadata.num_delivered > 1:
                 metrics.REDELIVERIES.labels("request").inc()
             try:
-                submitted.append((msg, events.read_request_submitted(msg.data)))
+                carried = events.read_request_events(msg.data)
             except events.MalformedEvent as exc:
                 log.error("dropping a malformed request event: %s", exc)
                 await msg.term()
+                continue
+            readable.append(msg)
+            if len(carried) == 1 and carried[0][1] is None:  # a single event: its trace is in the headers
+                traceparent = msg.headers.get(tracing.HEADER) if msg.headers else None
+                submitted.append(Delivered(msg, carried[0][0], traceparent))
+            else:
+                submitted.extend(Delivered(msg, event, traceparent) for event, traceparent in carried)
         if not submitted:
             return
         if otel.tracer is None:
-            await self.record_requests(submitted, started, None)
+            await self.record_requests(readable, submitted, started, None)
             return
-        # One consumer span per event, child of the gateway's publish: each request's trace goes on here.
+        # One consumer span per request, child of the gateway's publish: each request's trace goes on here.
         spans, traces = [], []
-        for msg, event in submitted:
+        for delivered in submitted:
+            event = delivered.event
             span, trace = otel.start_consumer(
-                msg.subject,
-                msg.headers,
+                delivered.msg.subject,
+                {tracing.HEADER: delivered.traceparent} if delivered.traceparent else None,
                 {
                     "squall.rid": event.rid,
                     "squall.task_id": str(event.task_id),
                     "squall.processing": sorted(set(event.jobs)),
-                    "squall.attempt": msg.metadata.num_delivered,
+                    "squall.attempt": delivered.msg.metadata.num_delivered,
                     "messaging.batch.message_count": len(submitted),
                 },
             )
             spans.append(span)
             traces.append(trace)
         try:
-            fresh, finished = await self.record_requests(submitted, started, traces)
+            fresh, finished = await self.record_requests(readable, submitted, started, traces)
         except BaseException as exc:
             otel.end_all(spans, exc)
             raise
-        for span, (_, event) in zip(spans, submitted, strict=True):
+        for span, delivered in zip(spans, submitted, strict=True):
             otel.end(
                 span,
                 attributes={
-                    "squall.recorded": event.task_id in fresh,
-                    "squall.processed": event.task_id in finished,
+                    "squall.recorded": delivered.event.task_id in fresh,
+                    "squall.processed": delivered.event.task_id in finished,
                 },
             )
 
     async def record_requests(
         self,
-        submitted: list[tuple[Msg, events.RequestEvent]],
+        msgs: list[Msg],
+        submitted: list[Delivered],
         started: float,
         traces: list[tracing.TraceContext] | None,
     ) -> tuple[set[uuid.UUID], dict[uuid.UUID, float]]:
-        """Record a batch of request events (each once), ack them; the tasks recorded now and the ones
-        completed at recording. ``traces``: the exported spans' contexts, one per event, when export is on."""
-        distinct: dict[uuid.UUID, events.RequestEvent] = {}  # an event twice in this batch: once
-        for _, event in submitted:
-            distinct.setdefault(event.task_id, event)
+        """Record the requests ``msgs`` carry (each once), ack the messages; the tasks recorded now and the
+        ones completed at recording. ``traces``: the exported spans' contexts, one per request, when export
+        is on."""
+        distinct: dict[uuid.UUID, events.RequestEvent] = {}  # a request twice in this batch: once
+        for delivered in submitted:
+            distinct.setdefault(delivered.event.task_id, delivered.event)
         computed, dead = await self._compute_immediate(list(distinct.values()))
         items = store.NewItems(self.chunk_sizes)
         for event in distinct.values():
@@ -213,18 +225,21 @@ class Processor:
         # The requests recorded before (redeliveries, re-publishes) were left alone.
         fresh = {r.task_id for r in recorded}
         finished = {r.task_id: r.seconds for r in recorded if r.processed}
-        for msg, _ in submitted:
+        for msg in msgs:
             await msg.ack()
         elapsed = time.perf_counter() - started
-        for _, event in submitted:
-            seconds = finished.get(event.task_id)
+        for delivered in submitted:
+            seconds = finished.get(delivered.event.task_id)
             if seconds is not None:
                 # Completed at recording (immediate processings): labelled by the first item's processing.
-                metrics.REQUEST_END_TO_END.labels(event.jobs[0]).observe(seconds)
+                metrics.REQUEST_END_TO_END.labels(delivered.event.jobs[0]).observe(seconds)
         if log.isEnabledFor(logging.DEBUG):
-            for index, (msg, event) in enumerate(submitted):
+            for index, delivered in enumerate(submitted):
+                event = delivered.event
                 if event.task_id in fresh:
-                    trace = traces[index] if traces is not None else tracing.trace_of(msg.headers)
+                    trace = (
+                        traces[index] if traces is not None else tracing.continue_from(delivered.traceparent)
+                    )
                     log.debug(
                         "request recorded%s",
                         " and processed" if event.task_id in finished else "",
@@ -233,7 +248,7 @@ class Processor:
                             "rid": event.rid,
                             "trace_id": trace.trace_id,
                             "span_id": trace.span_id,
-                            "attempt": msg.metadata.num_delivered,
+                            "attempt": delivered.msg.metadata.num_delivered,
                         },
                     )
         dead_now = sum(1 for t in fresh if t in dead)
@@ -504,6 +519,15 @@ class Processor:
 
 Outcome = store.Outcome
 PENDING = store.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A request as a message delivered it: alone, or in a batch of several (one ack for them all)."""
+
+    msg: Msg
+    event: events.RequestEvent
+    traceparent: str | None  # the W3C context its gateway sent
 
 
 async def run_batch(
