@@ -185,31 +185,46 @@ async def test_postgres_unreachable_answers_503_with_retry_after(
 async def test_slow_clients_are_cut_off(
     nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
 ) -> None:
-    """A client that trickles its headers or its body loses the connection at the deadline, and the gateway
-    keeps answering everyone else meanwhile."""
+    """A client that trickles its headers, or its body, or idles between requests loses the connection at
+    its deadline (each its own: headers 1 s, body 3 s); a client that keeps sending requests keeps its
+    connection, and the gateway answers everyone else meanwhile."""
     settings = make_settings(
-        nats_url, database_url, gateway={"header_timeout_seconds": 1.0, "body_timeout_seconds": 1.0}
+        nats_url, database_url, gateway={"header_timeout_seconds": 1.0, "body_timeout_seconds": 3.0}
     )
     system = await system_factory(settings, processors=0)
     port = int(system.base_url.rsplit(":", 1)[1])
 
-    async def trickle(first: bytes) -> float:
+    async def answer(reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        return head + await reader.readexactly(length)
+
+    async def cut_off_after(first: bytes, requests: int = 0) -> float:
+        """Seconds from the last thing sent until the gateway closed the connection."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        started = time.monotonic()
+        for _ in range(requests):  # complete requests, a little apart, on one keep-alive connection
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await answer(reader)).startswith(b"HTTP/1.1 200")
+            await asyncio.sleep(0.4)
         writer.write(first)
         await writer.drain()
+        started = time.monotonic()
         closed = await asyncio.wait_for(reader.read(), timeout=10)  # b"" (or an error page) once cut off
         writer.close()
         assert isinstance(closed, bytes)
         return time.monotonic() - started
 
-    slow_headers = asyncio.create_task(trickle(b"POST /v1/requests HTTP/1.1\r\nHost: x\r\n"))
+    slow_headers = asyncio.create_task(cut_off_after(b"POST /v1/requests HTTP/1.1\r\nHost: x\r\n"))
     slow_body = asyncio.create_task(
-        trickle(
+        cut_off_after(
             b"POST /v1/requests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b'Content-Length: 1000\r\n\r\n{"items": ['
         )
     )
+    # Eight requests 0.4 s apart: 3 s on one connection, three times the header deadline, then idle.
+    idle_after_work = asyncio.create_task(cut_off_after(b"", requests=8))
     # Others are served while the slow clients hang on.
     assert (await system.client.get("/healthz")).status_code == 200
-    assert await slow_headers < 5 and await slow_body < 5
+    assert 0.9 < await slow_headers < 2.9
+    assert 2.9 < await slow_body < 6
+    assert 0.5 < await idle_after_work < 2.9

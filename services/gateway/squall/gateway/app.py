@@ -14,7 +14,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from http.client import responses
@@ -24,6 +24,7 @@ import nats.errors
 import nats.js.errors
 import tornado.httpserver
 import tornado.httputil
+import tornado.ioloop
 import tornado.iostream
 import tornado.web
 from nats.aio.client import Client
@@ -522,10 +523,31 @@ _OVER_CAPACITY = (
 
 
 class CappedHTTPServer(tornado.httpserver.HTTPServer):
-    """Refuses connections beyond ``max_connections`` (503, closed) so a flood cannot exhaust the gateway."""
+    """Refuses connections beyond ``max_connections`` (503, closed) so a flood cannot exhaust the gateway,
+    and cuts off clients too slow with a request's headers (or idle between requests) or its body.
+
+    The deadlines are kept here rather than by Tornado, which races every header and body read against a
+    timer of its own (``gen.with_timeout``: 10 % of the gateway's CPU per request, docs/benchmarks.md):
+    each connection has one deadline, moved on as its requests begin and their headers arrive, and a
+    sweep every :data:`SWEEP_SECONDS` closes the connections still waiting on their client past it."""
 
     max_connections = 10_000
+    SWEEP_SECONDS = 0.5
     _refusals: set[asyncio.Future[None]] = set()
+
+    def cut_off_slow_clients(self, header_seconds: float, body_seconds: float) -> None:
+        self.header_seconds, self.body_seconds = header_seconds, body_seconds
+        self.conn_params.header_timeout = self.conn_params.body_timeout = None
+        self._deadlines: dict[tornado.iostream.IOStream, float] = {}
+        self._sweeper = tornado.ioloop.PeriodicCallback(self._sweep, self.SWEEP_SECONDS * 1000)
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        super().add_sockets(sockets)
+        self._sweeper.start()
+
+    def stop(self) -> None:
+        self._sweeper.stop()
+        super().stop()
 
     def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
         if len(self._connections) >= self.max_connections:
@@ -535,6 +557,58 @@ class CappedHTTPServer(tornado.httpserver.HTTPServer):
             refusal.add_done_callback(self._refusals.discard)
             return
         super().handle_stream(stream, address)
+
+    def start_request(
+        self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
+    ) -> tornado.httputil.HTTPMessageDelegate:
+        """A connection begins waiting for its next request's headers."""
+        stream: tornado.iostream.IOStream = request_conn.stream  # type: ignore[attr-defined]
+        self._deadlines[stream] = time.monotonic() + self.header_seconds
+        delegate = super().start_request(server_conn, request_conn)
+        return _BodyDeadline(delegate, self._deadlines, stream, self.body_seconds)
+
+    def on_close(self, server_conn: object) -> None:
+        self._deadlines.pop(server_conn.stream, None)  # type: ignore[attr-defined]
+        super().on_close(server_conn)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for conn in list(self._connections):
+            stream = conn.stream
+            if stream.reading() and self._deadlines.get(stream, now) < now:
+                log.info("cut off a client too slow with its request (or idle too long)")
+                stream.close()
+
+
+class _BodyDeadline(tornado.httputil.HTTPMessageDelegate):
+    """Moves its connection's deadline to the body's once the headers are in."""
+
+    def __init__(
+        self,
+        delegate: tornado.httputil.HTTPMessageDelegate,
+        deadlines: dict[tornado.iostream.IOStream, float],
+        stream: tornado.iostream.IOStream,
+        body_seconds: float,
+    ) -> None:
+        self._delegate, self._deadlines, self._stream = delegate, deadlines, stream
+        self._body_seconds = body_seconds
+
+    def headers_received(
+        self,
+        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
+        headers: tornado.httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        self._deadlines[self._stream] = time.monotonic() + self._body_seconds
+        return self._delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self._delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self._delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self._delegate.on_connection_close()
 
 
 async def _refuse(stream: tornado.iostream.IOStream) -> None:
@@ -550,7 +624,7 @@ async def _refuse(stream: tornado.iostream.IOStream) -> None:
         stream.close()
 
 
-def make_server(app: GatewayApp) -> tornado.httpserver.HTTPServer:
+def make_server(app: GatewayApp) -> CappedHTTPServer:
     gw = app.squall.gateway
     server = CappedHTTPServer(
         app,
@@ -560,10 +634,9 @@ def make_server(app: GatewayApp) -> tornado.httpserver.HTTPServer:
         # Bodies up to twice the limit are read so the handler can answer a JSON 413; beyond that Tornado
         # itself refuses the request (400) and closes the connection without buffering it.
         max_body_size=2 * gw.max_body_bytes + 65536,
-        # Slow-loris clients are cut off: headers (and idle keep-alive) and bodies each have a deadline.
-        idle_connection_timeout=gw.header_timeout_seconds,
-        body_timeout=gw.body_timeout_seconds,
     )
+    # Slow-loris clients are cut off: headers (and idle keep-alive) and bodies each have a deadline.
+    server.cut_off_slow_clients(gw.header_timeout_seconds, gw.body_timeout_seconds)
     server.max_connections = gw.max_connections
     return server
 

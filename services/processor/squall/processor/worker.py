@@ -232,7 +232,7 @@ class Processor:
             seconds = finished.get(delivered.event.task_id)
             if seconds is not None:
                 # Completed at recording (immediate processings): labelled by the first item's processing.
-                metrics.REQUEST_END_TO_END.labels(delivered.event.jobs[0]).observe(seconds)
+                metrics.child(metrics.REQUEST_END_TO_END, delivered.event.jobs[0]).observe(seconds)
         if log.isEnabledFor(logging.DEBUG):
             for index, delivered in enumerate(submitted):
                 event = delivered.event
