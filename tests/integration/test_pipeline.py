@@ -13,7 +13,7 @@ import pytest
 from squall.core import events, store
 from squall.core.settings import Settings
 from squall.gateway import validation
-from squall.gateway.app import submit
+from squall.gateway.app import OUTBOX_BYTES, submit
 from tests.integration.harness import System, make_settings, wait_for
 
 EXPECTED = {"sum": lambda n: n + 2, "mul": lambda n: n * 2, "square": lambda n: n * n}
@@ -205,6 +205,37 @@ async def test_requests_accepted_together_share_one_message_and_each_is_recorded
     assert recorded == 20
     await system.publish_poll("sum", batch_size=100)
     assert (await system.wait_processed("together-19"))["items"][0]["result"] == 21
+
+
+async def test_a_group_too_large_for_one_message_is_split(system: System) -> None:
+    """Requests accepted together whose events exceed one message's byte budget go out in several messages,
+    none larger than the budget, all in their order, and each is recorded."""
+    gw = system.settings.gateway
+    subs = [
+        validation.parse_submission(
+            {"rid": f"large-{i}", "items": [{"number": n, "job": "sum"} for n in range(1000)]},
+            system.registry,
+            gw.max_items,
+            gw.max_rid_length,
+        )
+        for i in range(24)
+    ]
+    js = system.app.nc.jetstream()
+    before = (await js.stream_info(events.REQUESTS_STREAM)).state.last_seq
+    accepted = await asyncio.gather(*(submit(system.app, sub) for sub in subs))
+    last = (await js.stream_info(events.REQUESTS_STREAM)).state.last_seq
+    assert 2 <= last - before < len(subs)
+    carried = []
+    for seq in range(before + 1, last + 1):
+        data = (await js.get_msg(events.REQUESTS_STREAM, seq)).data
+        assert data is not None and len(data) <= OUTBOX_BYTES + 200 * len(subs)  # events + envelope
+        carried += [event.task_id for event, _ in events.read_request_events(data)]
+    assert carried == [a.task_id for a in accepted]
+    await wait_for(lambda: _settled(js), what="the messages acked")
+    recorded = await system.fetchval(
+        "SELECT count(*) FROM requests WHERE rid LIKE 'large-%' AND recorded_at IS NOT NULL"
+    )
+    assert recorded == len(subs)
 
 
 async def test_a_malformed_batch_is_dropped_and_its_requests_republished_by_the_sweep(system: System) -> None:
