@@ -179,19 +179,23 @@ class GatewayApp(tornado.web.Application):
         await self.publisher.publish(subject, payload, headers, self.squall.gateway.publish_timeout_seconds)
 
     async def _publish_many(self, batch: Sequence[Outgoing]) -> list[BaseException | None]:
-        """Fresh requests' events, as few messages as :data:`OUTBOX_BYTES` allows, published at once: one
-        publish and one ack per message (and one delivery and one ack on the processor's side) rather than
-        per request. A message of one request is its plain event, with its message id. A message of several
-        has no message id: nothing publishes it again (a failed one is withdrawn and answered 503, and a
-        retry or the sweep republishes each request as its own event)."""
+        """Fresh requests' events in as few messages as :data:`OUTBOX_BYTES` (or the broker's
+        ``max_payload``, if less) allows, published at once: one publish and one ack per message (and one
+        delivery and one ack on the processor's side) rather than per request. A message of one request is
+        its plain event, with its message id. A message of several has no message id: nothing publishes it
+        again (a failed one is withdrawn and answered 503, and a retry or the sweep republishes each request
+        as its own event)."""
+        budget = min(OUTBOX_BYTES, self.nc.max_payload - 1024)  # within the broker's own limit
         groups: list[list[Outgoing]] = [[]]
         size = 0
         for out in batch:
-            if groups[-1] and size + len(out.payload) > OUTBOX_BYTES:
+            # An entry is its event and, around it, its traceparent and the keys: under 100 bytes more.
+            entry = len(out.payload) + 100
+            if groups[-1] and size + entry > budget:
                 groups.append([])
                 size = 0
             groups[-1].append(out)
-            size += len(out.payload)
+            size += entry
         results = await asyncio.gather(
             *(
                 self._publish_one(
@@ -527,9 +531,10 @@ class CappedHTTPServer(tornado.httpserver.HTTPServer):
     and cuts off clients too slow with a request's headers (or idle between requests) or its body.
 
     The deadlines are kept here rather than by Tornado, which races every header and body read against a
-    timer of its own (``gen.with_timeout``: 10 % of the gateway's CPU per request, docs/benchmarks.md):
-    each connection has one deadline, moved on as its requests begin and their headers arrive, and a
-    sweep every :data:`SWEEP_SECONDS` closes the connections still waiting on their client past it."""
+    timer of its own (``gen.with_timeout``, ~9 µs per read, ``python -m bench.deadlines``; 4 to 6 % of the
+    gateway's CPU per request, docs/benchmarks.md): each connection has one deadline, moved on as its
+    requests begin and their headers arrive, and a sweep every :data:`SWEEP_SECONDS` closes the
+    connections still waiting on their client past it."""
 
     max_connections = 10_000
     SWEEP_SECONDS = 0.5

@@ -185,7 +185,7 @@ class Processor:
                     "squall.task_id": str(event.task_id),
                     "squall.processing": sorted(set(event.jobs)),
                     "squall.attempt": delivered.msg.metadata.num_delivered,
-                    "messaging.batch.message_count": len(submitted),
+                    "messaging.batch.message_count": len(readable),
                 },
             )
             spans.append(span)
