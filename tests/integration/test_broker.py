@@ -127,6 +127,23 @@ async def test_puller_takes_what_is_there_then_waits_for_more(nc: Client) -> Non
     await puller.stop()
 
 
+async def test_a_puller_with_max_bytes_takes_that_much_and_a_larger_message_alone(nc: Client) -> None:
+    """A fetch stops before the message that would take it past ``max_bytes``; a message larger than that
+    still comes, alone, so a fetch never stalls on it."""
+    js = nc.jetstream()
+    await _work_queue(nc, "BYTES")
+    for size in (100_000, 100_000, 100_000, 400_000, 100_000):
+        await js.publish("bytes.x", b"x" * size)
+    puller = broker.Puller(nc, "BYTES", "work", max_bytes=250_000)
+    await puller.start()
+    fetched = [[len(m.data) for m in await puller.fetch(10, 1.0)] for _ in range(3)]
+    # The large one comes by the one-message pull that follows an empty fetch, the rest after it.
+    assert fetched == [[100_000, 100_000], [100_000], [400_000, 100_000]]
+    with pytest.raises(TimeoutError):  # nothing left
+        await puller.fetch(10, 0.3)
+    await puller.stop()
+
+
 async def test_a_stopped_puller_hands_back_what_it_holds(nc: Client) -> None:
     holder = await _work_queue(nc, "HANDBACK", messages=4)
     held = await holder.fetch(2, 1.0)

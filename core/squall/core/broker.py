@@ -230,6 +230,10 @@ class AckedPublisher:
             acked.set_result(msg.data)
 
 
+# The status description that ends a pull request whose next message would exceed its max_bytes.
+MAX_BYTES_REACHED = "Message Size Exceeds MaxBytes"
+
+
 class PullFailed(nats.errors.Error):
     """JetStream refused a pull request (409, e.g. too many waiting) or nothing answered it (503: no such
     consumer)."""
@@ -250,8 +254,11 @@ class Puller:
     # Beyond a pull request's own expiry, how long to wait for its status (lost when the connection drops).
     GRACE_SECONDS = 1.0
 
-    def __init__(self, nc: Client, stream: str, consumer: str) -> None:
+    def __init__(self, nc: Client, stream: str, consumer: str, max_bytes: int | None = None) -> None:
         self.nc = nc
+        # Bytes a fetch takes at most (JetStream's ``max_bytes``), when its messages vary in size: one
+        # message always comes, however large, so a fetch never stalls on it.
+        self.max_bytes = max_bytes
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = nc.new_inbox() + "."
         self._requests = itertools.count()
@@ -299,6 +306,8 @@ class Puller:
                 request["no_wait"] = True
             else:
                 request["expires"] = int(wait_seconds * 1e9)
+            if self.max_bytes is not None and batch > 1:
+                request["max_bytes"] = self.max_bytes
             try:
                 await self.nc.publish(self._next, orjson.dumps(request), reply=reply)
                 async with asyncio.timeout((wait_seconds or 0.0) + self.GRACE_SECONDS):
@@ -320,6 +329,8 @@ class Puller:
             if len(self._delivered) >= self._wanted:
                 self._ended.set()
         elif msg.subject == self._current and status != "100":  # 100: a heartbeat, not an end
-            if status not in ("404", "408"):  # not "none left" or "expired": 409 refused, 503 no consumer
-                self._refusal = f"{status} {headers.get(Header.DESCRIPTION, '')}".strip()
+            description = headers.get(Header.DESCRIPTION, "")
+            # Not "none left", "expired" or the next message over max_bytes: 409 refused, 503 no consumer.
+            if status not in ("404", "408") and description != MAX_BYTES_REACHED:
+                self._refusal = f"{status} {description}".strip()
             self._ended.set()

@@ -41,6 +41,9 @@ log = logging.getLogger("squall.processor")
 
 REQUEST_WORKERS = 2
 TASK_WORKERS = 2
+# Bytes of request events a fetch takes at most (beside fetch_batch messages): a message may carry a whole
+# group of requests, so a backlog of them must not come 256 at a time (up to 64 MiB of JSON).
+FETCH_BYTES = 1024 * 1024
 SWEEP_INTERVAL_SECONDS = 15.0
 FETCH_WAIT_SECONDS = 1.0
 SWEEP_MIN_AGE_SECONDS = 30.0
@@ -83,18 +86,19 @@ class Processor:
         # One puller per worker loop: fetches on one puller must not overlap.
         pullers: list[broker.Puller] = []
         workers = []
-        for stream, consumer, count, batch, handle in (
+        for stream, consumer, count, batch, max_bytes, handle in (
             (
                 events.REQUESTS_STREAM,
                 events.REQUESTS_CONSUMER,
                 REQUEST_WORKERS,
                 self.settings.processor.fetch_batch,
+                FETCH_BYTES,
                 self.handle_requests,
             ),
-            (events.TASKS_STREAM, events.TASKS_CONSUMER, TASK_WORKERS, 1, self.handle_tasks),
+            (events.TASKS_STREAM, events.TASKS_CONSUMER, TASK_WORKERS, 1, None, self.handle_tasks),
         ):
             for _ in range(count):
-                puller = broker.Puller(self.nc, stream, consumer)
+                puller = broker.Puller(self.nc, stream, consumer, max_bytes)
                 await puller.start()
                 pullers.append(puller)
                 workers.append(asyncio.create_task(self._consume(puller, batch, handle)))
