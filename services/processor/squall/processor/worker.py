@@ -167,11 +167,9 @@ class Processor:
                 await msg.term()
                 continue
             readable.append(msg)
-            if len(carried) == 1 and carried[0][1] is None:  # a single event: its trace is in the headers
-                traceparent = msg.headers.get(tracing.HEADER) if msg.headers else None
-                submitted.append(Delivered(msg, carried[0][0], traceparent))
-            else:
-                submitted.extend(Delivered(msg, event, traceparent) for event, traceparent in carried)
+            # A group's requests carry their traces in their entries; a single event's is in the headers.
+            sent = msg.headers.get(tracing.HEADER) if msg.headers else None
+            submitted.extend(Delivered(msg, event, traceparent or sent) for event, traceparent in carried)
         if not submitted:
             return
         if otel.tracer is None:
