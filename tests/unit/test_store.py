@@ -16,6 +16,7 @@ from squall.core.store import (
     pg_array,
     present_rid,
     result_json,
+    results_array,
 )
 
 
@@ -107,7 +108,9 @@ def test_done_items_of_a_processing_become_one_result_row_after_the_chunks() -> 
     new.add(few, list(range(7)), ["cube"] * 7, [("done", "1", None, None)] * 7)
     assert [c[:3] for c in new.chunks] == [(request, 0, "sum")]
     positions = [8, 9, 10, 11, 13, 14, 15, 16, 17]
-    assert new.done == [(request, 1, "cube", positions, positions, [str(n**3) for n in positions])]
+    [(task, part, job, done_positions, numbers, results)] = new.done
+    assert (task, part, job, done_positions, numbers) == (request, 1, "cube", positions, positions)
+    assert orjson.loads(orjson.dumps(results)) == [n**3 for n in positions]
     assert list(zip(new.request_task_id, new.position, new.state, strict=True)) == [
         (request, 12, "failed"),
         *[(few, p, "done") for p in range(7)],
@@ -121,6 +124,30 @@ def test_done_items_of_a_processing_become_one_result_row_after_the_chunks() -> 
     assert new.outcomes(of={few}) == {("cube", "done"): 7}
 
 
+def test_a_request_done_whole_is_the_same_result_row_from_add_done() -> None:
+    request = uuid.uuid4()
+    numbers = list(range(10, 20))
+    by_item, whole = NewItems(), NewItems()
+    by_item.add(request, numbers, ["sum"] * 10, [("done", str(n + 2), None, None) for n in numbers])
+    fragment = results_array([n + 2 for n in numbers])
+    assert fragment is not None
+    whole.add_done(request, "sum", numbers, fragment)
+    assert orjson.loads(whole.as_json()) == orjson.loads(by_item.as_json())
+    assert whole.outcomes() == by_item.outcomes() == {("sum", "done"): 10}
+    assert whole.pending_requests() == set()
+
+
+def test_results_array_leaves_integers_beyond_64_bits_to_result_json() -> None:
+    fragment = results_array([1, "a", None, {"k": [2.5]}])
+    assert fragment is not None
+    assert orjson.loads(orjson.dumps([fragment])) == [[1, "a", None, {"k": [2.5]}]]
+    assert results_array([1, 2**64]) is None
+    assert result_json(2**64) == str(2**64)
+
+
 def test_pg_array() -> None:
+    assert pg_array(range(3)) == pg_array([0, 1, 2]) == "{0,1,2}"
+    assert pg_array(range(0)) == "{}"
+    assert pg_array(range(2, 5)) == "{2,3,4}"
     assert pg_array([]) == "{}"
     assert pg_array([0, -1, 2**62]) == "{0,-1,4611686018427387904}"

@@ -19,9 +19,10 @@ import logging
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -219,10 +220,7 @@ class Processor:
         distinct: dict[uuid.UUID, events.RequestEvent] = {}  # a request twice in this batch: once
         for delivered in submitted:
             distinct.setdefault(delivered.event.task_id, delivered.event)
-        computed, dead = await self._compute_immediate(list(distinct.values()))
-        items = store.NewItems(self.chunk_sizes)
-        for event in distinct.values():
-            items.add(event.task_id, event.numbers, event.jobs, computed[event.task_id])
+        items, dead = await compute_items(self.registry, self.chunk_sizes, list(distinct.values()))
         recorded = await store.record_requests(self.hot_engine, list(distinct), items, dead)
         # The requests recorded before (redeliveries, re-publishes) were left alone.
         fresh = {r.task_id for r in recorded}
@@ -266,45 +264,6 @@ class Processor:
                 metrics.ITEMS_PROCESSED.labels(job, state).inc(count)
         log.debug("recorded %d request(s)", len(fresh), extra={"count": len(fresh)})
         return fresh, finished
-
-    async def _compute_immediate(
-        self, distinct: list[events.RequestEvent]
-    ) -> tuple[dict[uuid.UUID, list[Outcome]], dict[uuid.UUID, str]]:
-        """Each request's item outcomes, in item order: computed for immediate processings, failed for
-        unknown ones, pending (for poll tasks) for batch ones; and the request tasks that are dead, with the
-        error: an item failed for good by a batch error (no attempt left, a permanent error) or an unknown
-        processing. ``ItemFailed`` is an answer, not a task failure."""
-        dead: dict[uuid.UUID, str] = {}
-        # Per immediate processing, its items: (request, the request's outcomes, position, number).
-        by_job: dict[str, list[tuple[uuid.UUID, list[Outcome], int, int]]] = defaultdict(list)
-        computed: dict[uuid.UUID, list[Outcome]] = {}
-        for event in distinct:
-            row = computed[event.task_id] = [PENDING] * len(event.jobs)
-            processings = {job: self.registry.get(job) for job in set(event.jobs)}
-            if all(proc is not None and proc.mode != "immediate" for proc in processings.values()):
-                continue  # every item left to poll tasks (the common case of a batch processing)
-            for position, (number, job) in enumerate(zip(event.numbers, event.jobs, strict=True)):
-                proc = processings[job]
-                if proc is None:
-                    error = f"unknown processing {job!r}"
-                    row[position] = ("failed", None, error, None)
-                    dead.setdefault(event.task_id, error)
-                elif proc.mode == "immediate":
-                    by_job[job].append((event.task_id, row, position, number))
-        for job, entries in by_job.items():
-            proc = self.registry[job]
-            for start in range(0, len(entries), proc.batch_size):
-                chunk = entries[start : start + proc.batch_size]
-                # The first attempt; a retryable failure leaves the items pending for the processing's
-                # schedule, which claims them after the backoff like a batch processing's.
-                outcomes, batch_error = await run_batch(
-                    proc, [n for _, _, _, n in chunk], attempts=[1] * len(chunk)
-                )
-                for (task_id, row, position, _), outcome in zip(chunk, outcomes, strict=True):
-                    row[position] = outcome
-                    if batch_error is not None and outcome[0] == "failed":
-                        dead.setdefault(task_id, batch_error)
-        return computed, dead
 
     # --- polling tasks ------------------------------------------------------------------------------------
 
@@ -532,31 +491,117 @@ class Delivered:
     traceparent: str | None  # the W3C context its gateway sent
 
 
+async def compute_items(
+    registry: Registry, chunk_sizes: Mapping[str, int], requests: Sequence[events.RequestEvent]
+) -> tuple[store.NewItems, dict[uuid.UUID, str]]:
+    """The items of ``requests`` (distinct) to record: computed for immediate processings, failed for
+    unknown ones, pending (for poll tasks) for batch ones; and the request tasks that are dead, with the
+    error: an item failed for good by a batch error (no attempt left, a permanent error) or an unknown
+    processing. ``ItemFailed`` is an answer, not a task failure.
+
+    Each immediate processing computes the items of every request at once, ``batch_size`` at a time. A
+    request of one immediate processing whose items all came back as plain results (the usual case) is
+    recorded from its slice of the results without an outcome per item; the others item by item."""
+    items = store.NewItems(chunk_sizes)
+    dead: dict[uuid.UUID, str] = {}
+    outcomes: dict[uuid.UUID, list[Outcome]] = {}  # the requests recorded item by item
+    # Per immediate processing, what it computes: (request, its item positions; None for all of them).
+    by_job: dict[str, list[tuple[events.RequestEvent, list[int] | None]]] = defaultdict(list)
+    for event in requests:
+        jobs = event.jobs
+        if jobs.count(jobs[0]) == len(jobs):  # one processing: the usual request
+            proc = registry.get(jobs[0])
+            if proc is not None and proc.mode == "immediate":
+                by_job[jobs[0]].append((event, None))
+                continue
+            if proc is not None:  # every item left to poll tasks (the common case of a batch processing)
+                outcomes[event.task_id] = [PENDING] * len(jobs)
+                continue
+        row = outcomes[event.task_id] = [PENDING] * len(jobs)
+        wanted: dict[str, list[int]] = defaultdict(list)
+        for position, job in enumerate(jobs):
+            proc = registry.get(job)
+            if proc is None:
+                error = f"unknown processing {job!r}"
+                row[position] = ("failed", None, error, None)
+                dead.setdefault(event.task_id, error)
+            elif proc.mode == "immediate":
+                wanted[job].append(position)
+        for job, listed in wanted.items():
+            by_job[job].append((event, listed))
+    for job, parts in by_job.items():
+        proc = registry[job]
+        numbers: list[int] = []
+        for event, taken in parts:
+            numbers.extend(event.numbers if taken is None else [event.numbers[p] for p in taken])
+        # The first attempt; a retryable failure leaves the items pending for the processing's schedule,
+        # which claims them after the backoff like a batch processing's.
+        results: list[Any] = []
+        failed: list[tuple[int, int, ProcessingError]] = []  # (start, stop, error) of batches that failed
+        for start in range(0, len(numbers), proc.batch_size):
+            batch = numbers[start : start + proc.batch_size]
+            try:
+                results.extend(await proc.run(batch))
+            except ProcessingError as exc:
+                failed.append((start, start + len(batch), exc))
+                results.extend([None] * len(batch))
+        offset = 0
+        for event, taken in parts:
+            count = len(event.numbers) if taken is None else len(taken)
+            mine = results[offset : offset + count]
+            whole = None
+            if (
+                taken is None
+                and count >= store.CHUNK_MIN_ITEMS
+                and not any(start < offset + count and offset < stop for start, stop, _ in failed)
+                and not any(issubclass(kind, ItemFailed) for kind in set(map(type, mine)))
+            ):
+                whole = store.results_array(mine)
+            if whole is not None:
+                items.add_done(event.task_id, job, event.numbers, whole)
+            else:
+                row = outcomes.setdefault(event.task_id, [PENDING] * len(event.numbers))
+                for index, position in enumerate(range(count) if taken is None else taken):
+                    at = offset + index
+                    failure = next((exc for start, stop, exc in failed if start <= at < stop), None)
+                    if failure is None:
+                        row[position] = outcome_of(mine[index])
+                    else:
+                        row[position] = failed_outcome(proc, failure, attempts=1)
+                        if row[position][0] == "failed":
+                            dead.setdefault(event.task_id, str(failure))
+            offset += count
+    for event in requests:
+        if event.task_id in outcomes:
+            items.add(event.task_id, event.numbers, event.jobs, outcomes[event.task_id])
+    return items, dead
+
+
 async def run_batch(
     proc: Processing, numbers: list[int], attempts: list[int]
 ) -> tuple[list[Outcome], str | None]:
-    """Outcomes per number, and the error that failed the whole batch if it did.
-
-    A batch that fails retryably puts back to pending, after the processing's backoff, the items that have
-    attempts left (``attempts`` per item, this one included); the others fail."""
+    """Outcomes per number, and the error that failed the whole batch if it did."""
     try:
         results = await proc.run(numbers)
     except ProcessingError as exc:
-        error = str(exc)
-        outcomes: list[Outcome] = []
-        for made in attempts:
-            if exc.retryable and made < proc.max_attempts:
-                outcomes.append(("pending", None, error, proc.retry_delay(made)))
-            else:
-                outcomes.append(("failed", None, error, None))
-        return outcomes, error
-    done: list[Outcome] = []
-    for value in results:
-        if isinstance(value, ItemFailed):
-            done.append(("failed", None, value.message, None))
-        else:
-            done.append(("done", store.result_json(value), None, None))
-    return done, None
+        return [failed_outcome(proc, exc, made) for made in attempts], str(exc)
+    return [outcome_of(value) for value in results], None
+
+
+def outcome_of(value: Any) -> Outcome:
+    """An item's outcome from what its processing answered for it."""
+    if isinstance(value, ItemFailed):
+        return ("failed", None, value.message, None)
+    return ("done", store.result_json(value), None, None)
+
+
+def failed_outcome(proc: Processing, exc: ProcessingError, attempts: int) -> Outcome:
+    """An item's outcome when its whole batch failed: a retryable failure puts it back to pending, after
+    the processing's backoff, while it has attempts left (``attempts`` made, this one included); else it
+    fails."""
+    if exc.retryable and attempts < proc.max_attempts:
+        return ("pending", None, str(exc), proc.retry_delay(attempts))
+    return ("failed", None, str(exc), None)
 
 
 async def _nak_all(msgs: list[Msg], delay: float | None = None) -> None:
