@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 
+import asyncpg.exceptions
+
 from squall.core.http import INTERNAL_ERROR, ApiError, json_bytes, known_failure
 
 
@@ -46,4 +48,23 @@ def test_known_failures_get_their_answer_and_bugs_none() -> None:
         unreachable is not None and unreachable.status == 503 and unreachable.headers == {"Retry-After": "2"}
     )
     assert known_failure(RuntimeError("a bug")) is None
+
+
+def test_asyncpg_errors_of_an_unreachable_database_are_503_and_its_refusals_bugs() -> None:
+    """The hot statements run on asyncpg's connection (store.fetch_on_driver) and raise its errors."""
+    for unavailable in (
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+        asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"),
+        asyncpg.exceptions.InterfaceError("connection is closed"),
+    ):
+        answer = known_failure(unavailable)
+        assert answer is not None and answer.status == 503, unavailable
+    for bug in (
+        asyncpg.exceptions.UndefinedColumnError('column "nope" does not exist'),
+        asyncpg.exceptions.DataError("invalid input for query argument $1"),
+    ):
+        assert known_failure(bug) is None, bug
     assert INTERNAL_ERROR.status == 500 and INTERNAL_ERROR.body()["error"]["code"] == "internal"

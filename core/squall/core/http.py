@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg.exceptions
 import orjson
 import sqlalchemy.exc
 import tornado.httpserver
@@ -52,9 +53,20 @@ def json_bytes(value: Any) -> bytes:
         return json.dumps(value, default=str, separators=(",", ":")).encode()
 
 
+# asyncpg's own errors, from the statements run on its connection (store.fetch_on_driver): the connection
+# lost or refused (SQLSTATE 08), the server shutting down or cancelling (57), out of resources (53), and
+# the client's connection errors.
+_DRIVER_UNAVAILABLE = (
+    asyncpg.exceptions.PostgresConnectionError
+    | asyncpg.exceptions.OperatorInterventionError
+    | asyncpg.exceptions.InsufficientResourcesError
+    | asyncpg.exceptions.InterfaceError
+)
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """A database or network failure (not a bug): the answer is 503 with Retry-After, not 500."""
-    if isinstance(exc, OSError | TimeoutError | ConnectionError):
+    if isinstance(exc, OSError | TimeoutError | ConnectionError | _DRIVER_UNAVAILABLE):
         return True
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
         return (

@@ -1,0 +1,47 @@
+"""The hottest statements run on asyncpg's connection under SQLAlchemy's pool (store.fetch_on_driver):
+a connection lost under them fails that statement alone, as unavailable, and is not handed out again."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from squall.core import db, http, store
+from tests.integration.harness import make_settings
+
+
+def submitted() -> store.Submitted:
+    return store.Submitted(
+        uuid.uuid4(), f"driver-{uuid.uuid4().hex}", False, [{"number": 1, "job": "sum"}], b"{}"
+    )
+
+
+async def test_a_lost_connection_fails_one_statement_and_the_next_gets_a_new_one(database_url: str) -> None:
+    settings = make_settings("nats://127.0.0.1:1", database_url)
+    hot = db.create_engine(settings, pool_size=1, hot_statements=True)  # one connection: always the same
+    admin = db.create_engine(settings)
+    backend = text("SELECT pg_backend_pid()")
+    try:
+        first = submitted()
+        assert [a.task_id for a in await store.accept_requests(hot, [first])] == [first.task_id]
+        async with hot.connect() as conn:
+            pid = (await conn.execute(backend)).scalar_one()
+        async with admin.connect() as conn:
+            assert (await conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})).scalar_one()
+
+        with pytest.raises(Exception) as lost:
+            await store.accept_requests(hot, [submitted()])
+        assert http.is_unavailable(lost.value), repr(lost.value)
+
+        again = submitted()
+        accepted = await store.accept_requests(hot, [again])
+        assert [(a.task_id, a.created) for a in accepted] == [(again.task_id, True)]
+        async with hot.connect() as conn:
+            assert (await conn.execute(backend)).scalar_one() != pid
+        recorded = await store.record_requests(hot, [again.task_id], store.NewItems(), {})
+        assert [r.task_id for r in recorded] == [again.task_id]
+    finally:
+        await hot.dispose()
+        await admin.dispose()
