@@ -1,0 +1,118 @@
+"""Client CPU of one statement through SQLAlchemy's execution and on asyncpg's connection itself
+(``store.fetch_on_driver``), on an embedded PostgreSQL of its own (127.0.0.1 only), statements one after
+another on the hot statements' pool.
+
+    python -m bench.driver [--number 2000] [--repeat 3]
+
+Rows: the pool's checkout and return alone; ``SELECT 1`` on asyncpg alone, through SQLAlchemy's
+``execute`` and ``exec_driver_sql``, and on the driver connection after SQLAlchemy's checkout; the
+intake INSERT of 5 requests through SQLAlchemy and through ``fetch_on_driver``. Each figure is the best of
+``--repeat`` rounds of ``--number`` statements, in microseconds of this process's CPU per statement (its
+event loop's share included)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import text
+
+from bench.db import scratch_postgres
+from squall.core import db, migrate, store
+from squall.core.settings import load_settings
+
+SELECT_1 = text("SELECT 1")
+
+
+def submissions(count: int) -> list[store.Submitted]:
+    return [
+        store.Submitted(
+            uuid.uuid4(), f"bench-{uuid.uuid4().hex}", False, [{"number": 1, "job": "sum"}], b"{}"
+        )
+        for _ in range(count)
+    ]
+
+
+async def cpu_micros(step: Callable[[], Awaitable[object]], number: int, repeat: int) -> float:
+    for _ in range(min(100, number)):
+        await step()
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.process_time()
+        for _ in range(number):
+            await step()
+        best = min(best, (time.process_time() - started) / number * 1e6)
+    return best
+
+
+async def measure(url: str, number: int, repeat: int) -> None:
+    settings = load_settings(database_url=url)
+    await migrate.upgrade_async(settings)
+    engine = db.create_engine(settings, hot_statements=True)
+    try:
+        async with engine.connect() as held:
+            driver = (await held.get_raw_connection()).driver_connection
+            assert driver is not None
+
+            async def asyncpg_alone() -> object:
+                return await driver.fetch("SELECT 1")
+
+            alone = await cpu_micros(asyncpg_alone, number, repeat)
+
+        async def checkout() -> None:
+            async with store.statements(engine):
+                pass
+
+        async def sqlalchemy_execute() -> object:
+            async with store.statements(engine) as conn:
+                return await conn.execute(SELECT_1)
+
+        async def sqlalchemy_driver_sql() -> object:
+            async with store.statements(engine) as conn:
+                return await conn.exec_driver_sql("SELECT 1")
+
+        async def on_driver() -> object:
+            return await store.fetch_on_driver(engine, SELECT_1, {})
+
+        async def intake_sqlalchemy() -> object:
+            batch = submissions(5)
+            params = store._accept_params(batch, [store.items_hash(s.items) for s in batch])
+            async with store.statements(engine) as conn:
+                return (await conn.execute(store._ACCEPT_MANY, params)).all()
+
+        async def intake_on_driver() -> object:
+            batch = submissions(5)
+            params = store._accept_params(batch, [store.items_hash(s.items) for s in batch])
+            return await store.fetch_on_driver(engine, store._ACCEPT_MANY, params)
+
+        rows = {
+            "checkout and return": checkout,
+            "SELECT 1, SQLAlchemy execute": sqlalchemy_execute,
+            "SELECT 1, SQLAlchemy exec_driver_sql": sqlalchemy_driver_sql,
+            "SELECT 1, fetch_on_driver": on_driver,
+            "intake INSERT of 5, SQLAlchemy execute": intake_sqlalchemy,
+            "intake INSERT of 5, fetch_on_driver": intake_on_driver,
+        }
+        print(f"SELECT 1, asyncpg alone: {alone:.0f} us")
+        for name, step in rows.items():
+            print(f"{name}: {await cpu_micros(step, number, repeat):.0f} us")
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--number", type=int, default=2000, help="statements per round")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (the best is kept)")
+    args = parser.parse_args()
+    with scratch_postgres("driver") as url:
+        asyncio.run(measure(url, args.number, args.repeat))
+
+
+if __name__ == "__main__":
+    main()
