@@ -29,7 +29,9 @@ async def test_a_lost_connection_fails_one_statement_and_the_next_gets_a_new_one
         async with hot.connect() as conn:
             pid = (await conn.execute(backend)).scalar_one()
         async with admin.connect() as conn:
-            assert (await conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})).scalar_one()
+            # Waits (up to 5 s) until the backend is gone: the next statement cannot outrun it.
+            ended = text("SELECT pg_terminate_backend(:p, 5000)")
+            assert (await conn.execute(ended, {"p": pid})).scalar_one()
 
         with pytest.raises(Exception) as lost:
             await store.accept_requests(hot, [submitted()])

@@ -54,13 +54,16 @@ def json_bytes(value: Any) -> bytes:
 
 
 # asyncpg's own errors, from the statements run on its connection (store.fetch_on_driver): the connection
-# lost or refused (SQLSTATE 08), the server shutting down or cancelling (57), out of resources (53), and
-# the client's connection errors.
+# lost or refused (SQLSTATE 08), the server shutting down or cancelling (57), out of resources (53), the
+# client's connection errors, and its protocol's state broken by a connection the server ended between
+# statements ("cannot switch to state 12; another operation (2) is in progress", seen after
+# pg_terminate_backend; the connection is invalidated all the same).
 _DRIVER_UNAVAILABLE = (
     asyncpg.exceptions.PostgresConnectionError
     | asyncpg.exceptions.OperatorInterventionError
     | asyncpg.exceptions.InsufficientResourcesError
     | asyncpg.exceptions.InterfaceError
+    | asyncpg.exceptions.InternalClientError
 )
 
 
