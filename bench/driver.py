@@ -4,7 +4,8 @@ another on the hot statements' pool.
 
     python -m bench.driver [--number 2000] [--repeat 3]
 
-Rows: the pool's checkout and return alone; ``SELECT 1`` on asyncpg alone, through SQLAlchemy's
+Rows: the pool's checkout and return alone (through an ``AsyncConnection``, and of the pool's connection
+itself, as ``fetch_on_driver`` takes it); ``SELECT 1`` on asyncpg alone, through SQLAlchemy's
 ``execute`` and ``exec_driver_sql``, and on the driver connection after SQLAlchemy's checkout; the
 intake INSERT of 5 requests through SQLAlchemy and through ``fetch_on_driver``. Each figure is the best of
 ``--repeat`` rounds of ``--number`` statements, in microseconds of this process's CPU per statement (its
@@ -19,6 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import text
+from sqlalchemy.util import greenlet_spawn
 
 from bench.db import scratch_postgres
 from squall.core import db, migrate, store
@@ -66,6 +68,10 @@ async def measure(url: str, number: int, repeat: int) -> None:
             async with store.statements(engine):
                 pass
 
+        async def pool_checkout() -> None:
+            pooled = await greenlet_spawn(engine.sync_engine.raw_connection)
+            await greenlet_spawn(pooled.close)
+
         async def sqlalchemy_execute() -> object:
             async with store.statements(engine) as conn:
                 return await conn.execute(SELECT_1)
@@ -90,6 +96,7 @@ async def measure(url: str, number: int, repeat: int) -> None:
 
         rows = {
             "checkout and return": checkout,
+            "checkout and return, the pool's connection itself": pool_checkout,
             "SELECT 1, SQLAlchemy execute": sqlalchemy_execute,
             "SELECT 1, SQLAlchemy exec_driver_sql": sqlalchemy_driver_sql,
             "SELECT 1, fetch_on_driver": on_driver,

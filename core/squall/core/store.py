@@ -7,6 +7,7 @@ two hottest (the intake INSERT, the recording) run on the pooled connection's as
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -149,14 +150,18 @@ async def accept_requests(engine: AsyncEngine, batch: Sequence[Submitted]) -> li
     # One statement inserts each request's two rows or neither.
     created = {row[0] for row in await fetch_on_driver(engine, _ACCEPT_MANY, _accept_params(batch, digests))}
     answers: list[Accepted | Exception] = []
-    for submitted, digest in zip(batch, digests, strict=True):
-        if submitted.task_id in created:
-            answers.append(
-                Accepted(submitted.task_id, created=True, recorded=False, payload=submitted.payload)
-            )
-        else:  # the rid exists (or came twice in this batch): seldom, so one by one
-            async with statements(engine) as conn:
-                answers.append(await _accept_existing(conn, submitted, digest))
+    async with contextlib.AsyncExitStack() as stack:
+        conn: AsyncConnection | None = None  # for the others, taken at the first of them
+        for submitted, digest in zip(batch, digests, strict=True):
+            if submitted.task_id in created:
+                answers.append(
+                    Accepted(submitted.task_id, created=True, recorded=False, payload=submitted.payload)
+                )
+                continue
+            # The rid exists (or came twice in this batch): seldom, so one by one.
+            if conn is None:
+                conn = await stack.enter_async_context(statements(engine))
+            answers.append(await _accept_existing(conn, submitted, digest))
     return answers
 
 
@@ -595,9 +600,9 @@ class NewItems:
         for t, _, job, positions, _ in self.chunks:
             if of is None or t in of:
                 counts[job, "pending"] += len(positions)
-        for t, _, job, computed, _, _ in self.done:
+        for t, _, job, done_positions, _, _ in self.done:
             if of is None or t in of:
-                counts[job, "done"] += len(computed)
+                counts[job, "done"] += len(done_positions)
         return counts
 
 
