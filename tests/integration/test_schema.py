@@ -417,3 +417,43 @@ async def test_payloads_and_result_rows_up_to_a_page_are_stored_uncompressed(dat
     compression, size, read_back = row
     assert compression is None and size > 1000
     assert read_back == [n + 2 for n in numbers]
+
+
+async def test_tasks_are_listed_newest_first_from_an_index_not_by_sorting_them_all(database_url: str) -> None:
+    """Migration 0014: a page of ``GET /v1/tasks``, the first or one after a cursor, reads the tasks it
+    shows from the index on (created_at, id); it used to read and sort every task (317 ms at 2,000,000)."""
+    engine = db.create_engine(make_settings("nats://127.0.0.1:1", database_url, database_pool_size=1))
+
+    async def tasks_read() -> tuple[int, int]:
+        async with engine.connect() as conn:  # the pool's one connection: the one that listed
+            await conn.execute(text("SELECT pg_stat_force_next_flush()"))
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT seq_scan, idx_tup_fetch FROM pg_stat_user_tables WHERE relname = 'tasks'")
+                )
+            ).one()
+        return row.seq_scan, row.idx_tup_fetch
+
+    try:
+        async with engine.begin() as conn:  # 20,000 tasks, a second apart, the newest a day ago
+            await conn.execute(
+                text(
+                    "INSERT INTO tasks (id, kind, state, rid, created_at) "
+                    "SELECT gen_random_uuid(), 'request', 'succeeded', 'listed-' || g, "
+                    "now() - interval '1 day' - make_interval(secs => 20000 - g) "
+                    "FROM generate_series(1, 20000) AS g"
+                )
+            )
+            await conn.execute(text("ANALYZE tasks"))
+        before = await tasks_read()
+        first, cursor = await store.list_tasks(engine, None, None, None, 50, None)
+        assert cursor is not None
+        second, _ = await store.list_tasks(engine, None, None, None, 50, cursor)
+        after = await tasks_read()
+    finally:
+        await engine.dispose()
+    listed = [t["created_at"] for t in first + second]
+    assert listed == sorted(listed, reverse=True) and len(set(listed)) == 100
+    assert after[0] == before[0], f"tasks read by a sequential scan: {before} → {after}"
+    assert after[1] - before[1] < 1_000, f"tasks read whole: {before} → {after}"

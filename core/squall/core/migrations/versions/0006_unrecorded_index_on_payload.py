@@ -24,28 +24,17 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from squall.core.migrations import drop_index_if_invalid
+
 revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _drop_if_invalid(name: str) -> None:
-    """A concurrent build that failed leaves an invalid index behind, which IF NOT EXISTS would keep."""
-    op.execute(
-        f"""
-        DO $$ BEGIN
-            IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('{name}') AND NOT indisvalid) THEN
-                EXECUTE 'DROP INDEX {name}';
-            END IF;
-        END $$
-        """
-    )
-
-
 def upgrade() -> None:
     with op.get_context().autocommit_block():
-        _drop_if_invalid("requests_awaiting_record")
+        drop_index_if_invalid("requests_awaiting_record")
         op.create_index(
             "requests_awaiting_record",
             "requests",
@@ -62,7 +51,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.get_context().autocommit_block():
-        _drop_if_invalid("requests_unrecorded")
+        drop_index_if_invalid("requests_unrecorded")
         op.create_index(
             "requests_unrecorded",
             "requests",
