@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import subprocess
@@ -78,7 +79,8 @@ async def measure(vus: int, duration: str, items: int) -> dict[str, Any]:
             server_cpu = (procs.cpu_seconds(server.pid) or 0.0) - server_before
             k6_cpu = _children_cpu() - k6_before
     finally:
-        server.kill()
+        with contextlib.suppress(ProcessLookupError):
+            server.kill()
         await server.wait()
     requests = summary["accepted_202"]
     return {
