@@ -48,6 +48,7 @@ def test_known_failures_get_their_answer_and_bugs_none() -> None:
         unreachable is not None and unreachable.status == 503 and unreachable.headers == {"Retry-After": "2"}
     )
     assert known_failure(RuntimeError("a bug")) is None
+    assert INTERNAL_ERROR.status == 500 and INTERNAL_ERROR.body()["error"]["code"] == "internal"
 
 
 def test_asyncpg_errors_of_an_unreachable_database_are_503_and_its_refusals_bugs() -> None:
@@ -70,4 +71,3 @@ def test_asyncpg_errors_of_an_unreachable_database_are_503_and_its_refusals_bugs
         asyncpg.exceptions.DataError("invalid input for query argument $1"),
     ):
         assert known_failure(bug) is None, bug
-    assert INTERNAL_ERROR.status == 500 and INTERNAL_ERROR.body()["error"]["code"] == "internal"
