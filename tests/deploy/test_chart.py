@@ -242,3 +242,24 @@ def test_long_release_names_are_truncated_to_63_characters() -> None:
     for obj in objects:
         assert len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
     assert component(objects, "Deployment", "processor")["metadata"]["name"].endswith("-processor")
+
+
+def test_the_original_scripts_port_and_answer() -> None:
+    """`gateway.service.legacyPort` adds the original's port 8889 to the gateway Service, to the same
+    container port; the POST answer setting reaches every container's settings."""
+    default = render_chart(None)
+    service = component(default, "Service", "gateway")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+    assert (
+        named(default, "ConfigMap", "squall-config")["data"]["SQUALL_GATEWAY__LEGACY_POST_ANSWER"]
+        == "original"
+    )
+    objects = render_chart({"gateway": {"service": {"legacyPort": 8889}, "legacyPostAnswer": "object"}})
+    ports = {p["name"]: p for p in component(objects, "Service", "gateway")["spec"]["ports"]}
+    assert ports["legacy"] == {"name": "legacy", "port": 8889, "targetPort": "http", "protocol": "TCP"}
+    assert ports["http"]["port"] == 8888
+    assert (
+        named(objects, "ConfigMap", "squall-config")["data"]["SQUALL_GATEWAY__LEGACY_POST_ANSWER"] == "object"
+    )
+    with pytest.raises(helm.HelmValuesError):
+        helm.Chart.load(CHART).validate_schema({"gateway": {"legacyPostAnswer": "twice"}})

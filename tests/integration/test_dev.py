@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,72 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from squall.core.embedded import free_port
-
-SQUALL = [sys.executable, "-m", "squall.core.cli"]
-
-
-def _wait(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (OSError, httpx.HTTPError, ValueError, KeyError):
-            result = None
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-class Dev:
-    """A ``squall dev`` process, its state file and its gateway URL."""
-
-    def __init__(self, tmp_path: Path, data_dir: Path, name: str = "dev", gateways: int = 1) -> None:
-        self.port = free_port()
-        self.state = tmp_path / f"{name}-state.json"
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")}
-        env["SQUALL_PROCESSINGS__SUM__INTERVAL_SECONDS"] = "0.3"
-        self.log = open(tmp_path / f"{name}.log", "wb")  # closed by stop()
-        self.process = subprocess.Popen(
-            [
-                *SQUALL,
-                "dev",
-                "--port",
-                str(self.port),
-                "--processors",
-                "1",
-                "--gateways",
-                str(gateways),
-                "--data-dir",
-                str(data_dir),
-                "--state-file",
-                str(self.state),
-            ],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        _wait(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, 90, "squall dev ready")
-        _wait(lambda: len(_processes(self.state)) == 4 + gateways, 30, "full process table")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.log.close()
+from tests.integration.dev_process import SQUALL, Dev, alive, processes, wait_until
 
 
 @pytest.fixture
@@ -93,21 +27,19 @@ def dev(tmp_path: Path) -> Iterator[Dev]:
         running.stop()
 
 
-def _processes(state: Path) -> list[dict[str, Any]]:
-    return json.loads(state.read_text())["processes"]  # type: ignore[no-any-return]
-
-
 @pytest.mark.slow
 def test_dev_runs_everything_and_stops_cleanly(dev: Dev) -> None:
     process, state, url = dev.process, dev.state, dev.url
-    table = _processes(state)
+    table = processes(state)
     assert sorted(p["service"] for p in table) == ["gateway", "nats", "postgres", "processor", "scheduler"]
     for entry in table:
-        assert isinstance(entry["pid"], int) and _alive(entry["pid"])
+        assert isinstance(entry["pid"], int) and alive(entry["pid"])
         if entry["service"] in ("gateway", "processor", "scheduler"):
             port = entry["ports"]["http"]
             for path in ("/healthz", "/readyz", "/metrics"):
-                _wait(lambda u=f"http://127.0.0.1:{port}{path}": httpx.get(u).status_code == 200, 20, path)
+                wait_until(
+                    lambda u=f"http://127.0.0.1:{port}{path}": httpx.get(u).status_code == 200, 20, path
+                )
 
     env = {**os.environ, "SQUALL_URL": url}
     submitted = subprocess.run(
@@ -162,23 +94,23 @@ def test_dev_runs_everything_and_stops_cleanly(dev: Dev) -> None:
     assert missing.returncode == 1 and "404" in missing.stderr
 
     # A child that dies is restarted.
-    old = next(p["pid"] for p in _processes(state) if p["service"] == "processor")
+    old = next(p["pid"] for p in processes(state) if p["service"] == "processor")
     os.kill(old, signal.SIGKILL)
-    new = _wait(
+    new = wait_until(
         lambda: (
-            next(p["pid"] for p in _processes(state) if p["service"] == "processor") != old
-            and next(p["pid"] for p in _processes(state) if p["service"] == "processor")
+            next(p["pid"] for p in processes(state) if p["service"] == "processor") != old
+            and next(p["pid"] for p in processes(state) if p["service"] == "processor")
         ),
         30,
         "processor restarted",
     )
-    assert _alive(new)
+    assert alive(new)
 
     # Ctrl-C / SIGTERM stops everything and removes the state file.
-    pids = [p["pid"] for p in _processes(state)]
+    pids = [p["pid"] for p in processes(state)]
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
-    _wait(lambda: not any(_alive(pid) for pid in pids), 10, "every child gone")
+    wait_until(lambda: not any(alive(pid) for pid in pids), 10, "every child gone")
     assert not state.exists()
 
 
@@ -186,28 +118,28 @@ def test_dev_runs_everything_and_stops_cleanly(dev: Dev) -> None:
 def test_killed_supervisor_leaves_no_orphans_and_restarts(tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = Dev(tmp_path, data, "first")
-    table = _processes(first.state)
+    table = processes(first.state)
     first.process.send_signal(signal.SIGKILL)  # no chance to clean up
     first.process.wait()
     first.log.close()
     direct = [p["pid"] for p in table if p["service"] != "postgres"]
     # SIGTERM from the kernel: each stops gracefully (a gateway serves 2 s more), slower on a busy machine.
-    _wait(lambda: not any(_alive(pid) for pid in direct), 40, "children and NATS gone with their parent")
+    wait_until(lambda: not any(alive(pid) for pid in direct), 40, "children and NATS gone with their parent")
     # PostgreSQL runs as another user when we are root (which clears its parent-death signal): the next
     # squall dev on the same data folder stops that leftover server and starts cleanly.
     second = Dev(tmp_path, data, "second")
     try:
         postgres = next(p["pid"] for p in table if p["service"] == "postgres")
-        assert not _alive(postgres)
+        assert not alive(postgres)
         assert httpx.get(f"{second.url}/readyz").json() == {"status": "ready"}
     finally:
         second.stop()
     assert second.process.returncode == 0
-    assert not any(_alive(p["pid"]) for p in _processes_or_empty(second.state))
+    assert not any(alive(p["pid"]) for p in _processes_or_empty(second.state))
 
 
 def _processes_or_empty(state: Path) -> list[dict[str, Any]]:
-    return _processes(state) if state.exists() else []
+    return processes(state) if state.exists() else []
 
 
 def _listening_pids(port: int, pids: list[int]) -> set[int]:
@@ -238,20 +170,24 @@ def test_several_gateways_share_one_port(tmp_path: Path) -> None:
     """`squall dev --gateways 2`: both listen on the port; when one dies the other keeps answering."""
     dev = Dev(tmp_path, tmp_path / "data", gateways=2)
     try:
-        gateways = [p for p in _processes(dev.state) if p["service"] == "gateway"]
+        gateways = [p for p in processes(dev.state) if p["service"] == "gateway"]
         assert sorted(p["name"] for p in gateways) == ["gateway-1", "gateway-2"]
         pids = [p["pid"] for p in gateways]
         # squall dev is ready once one gateway answers; the other may still be starting.
-        _wait(lambda: _listening_pids(dev.port, pids) == set(pids), 30, "both gateways listening")
+        wait_until(lambda: _listening_pids(dev.port, pids) == set(pids), 30, "both gateways listening")
         for n in range(20):  # a new connection each: the kernel spreads them over both
             body = {"rid": f"g{n}", "items": [{"number": n, "job": "square"}]}
             assert httpx.post(f"{dev.url}/v1/requests", json=body).status_code == 202
         os.kill(pids[0], signal.SIGKILL)
-        _wait(lambda: pids[0] not in _listening_pids(dev.port, pids), 10, "the killed gateway's socket gone")
+        wait_until(
+            lambda: pids[0] not in _listening_pids(dev.port, pids), 10, "the killed gateway's socket gone"
+        )
         for n in range(20, 40):
             body = {"rid": f"g{n}", "items": [{"number": n, "job": "square"}]}
             assert httpx.post(f"{dev.url}/v1/requests", json=body).status_code == 202
-        state = _wait(lambda: httpx.get(f"{dev.url}/v1/requests/g39").json()["processed"], 30, "processed")
+        state = wait_until(
+            lambda: httpx.get(f"{dev.url}/v1/requests/g39").json()["processed"], 30, "processed"
+        )
         assert state
     finally:
         dev.stop()

@@ -135,7 +135,7 @@ async def test_smoke_script_passes_against_a_running_system(
     for name in (
         "POST /v1/requests is 202",
         "POST /number_request is 201",
-        "GET /number_request is 200",
+        "GET /number_request is 201",
         "GET /v1/stats has request totals",
         "processed request has the right results",
     ):

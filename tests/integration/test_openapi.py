@@ -59,4 +59,5 @@ async def test_error_responses_follow_the_error_schema(system: System) -> None:
                 if status.startswith("4") and path != "/readyz":
                     schema = response["content"]["application/json"]["schema"]
                     assert schema == {"$ref": "#/components/schemas/Error"}, (path, method, status)
-    assert error_schema["properties"]["error"]["required"] == ["code", "message", "field"]
+    assert error_schema["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+    assert spec["components"]["schemas"]["ErrorDetail"]["required"] == ["code", "message", "field"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -14,6 +15,7 @@ from squall.gateway.validation import (
     INT64_MIN,
     MAX_JSON_DEPTH,
     check_json_content_type,
+    legacy_document,
     legacy_lookup,
     parse_json,
     parse_legacy_submission,
@@ -401,67 +403,96 @@ def test_other_content_types_rejected(content_type: str) -> None:
     assert (err.status, err.code, err.field) == (415, "unsupported_media_type", "Content-Type")
 
 
-# --- legacy_lookup ---------------------------------------------------------------------------------------
+# --- legacy_document and legacy_lookup ---------------------------------------------------------------
 
 
 def test_lookup_from_query_uses_last_value() -> None:
-    found = legacy_lookup(b"", None, {"rid": [b"first", b"last"], "other": [b"x"]})
+    found = legacy_lookup(b"", {"rid": [b"first", b"last"], "other": [b"x"]})
     assert found == {"rid": "last"}
 
 
 def test_lookup_from_query_task_id() -> None:
     task_id = str(uuid.uuid4())
-    assert legacy_lookup(b"", None, {"task_id": [task_id.encode()]}) == {"task_id": task_id}
+    assert legacy_lookup(b"", {"task_id": [task_id.encode()]}) == {"task_id": task_id}
 
 
 def test_lookup_from_query_undecodable_bytes_are_replaced() -> None:
-    assert legacy_lookup(b"", None, {"rid": [b"a\xffb"]}) == {"rid": "a\ufffdb"}
+    assert legacy_lookup(b"", {"rid": [b"a\xffb"]}) == {"rid": "a\ufffdb"}
 
 
-def test_lookup_ignores_empty_query_values() -> None:
-    err = error_of(legacy_lookup, b"", None, {"rid": []})
-    assert (err.status, err.code, err.field) == (422, "missing_field", "task_id")
+def test_lookup_from_json_body() -> None:
+    assert legacy_lookup(b'{"rid": 17, "other": 1}', {}) == {"rid": 17}
 
 
-@pytest.mark.parametrize("content_type", [None, "application/json", "application/json; charset=utf-8"])
-def test_lookup_from_json_body(content_type: str | None) -> None:
-    found = legacy_lookup(b'{"rid": 17, "other": 1}', content_type, {})
-    assert found == {"rid": 17}
-
-
-def test_lookup_json_body_wins_over_query() -> None:
-    found = legacy_lookup(b'{"rid": "body"}', "application/json", {"rid": [b"query"], "task_id": [b"t"]})
+def test_lookup_body_wins_over_query() -> None:
+    found = legacy_lookup(b'{"rid": "body"}', {"rid": [b"query"], "task_id": [b"t"]})
     assert found == {"rid": "body", "task_id": "t"}
 
 
 def test_lookup_from_form_body() -> None:
     task_id = str(uuid.uuid4())
-    found = legacy_lookup(
-        f"task_id={task_id}&rid=a%40b&x=1".encode(), "application/x-www-form-urlencoded; charset=utf-8", {}
-    )
-    assert found == {"task_id": task_id, "rid": "a@b"}
+    assert legacy_lookup(f"task_id={task_id}&rid=a%40b&x=1".encode(), {}) == {
+        "task_id": task_id,
+        "rid": "a@b",
+    }
 
 
-def test_lookup_missing() -> None:
-    for args in [
-        (b"", None, {}),
-        (b'{"other": 1}', "application/json", {}),
-        (b"x=1", "application/x-www-form-urlencoded", {}),
-    ]:
-        err = error_of(legacy_lookup, *args)
-        assert (err.status, err.code, err.field) == (422, "missing_field", "task_id")
+def test_lookup_from_the_originals_post_answer_sent_back() -> None:
+    """The original's POST body: {"task_id": …} as JSON text, encoded again as a JSON string."""
+    task_id = str(uuid.uuid4())
+    sent_back = json.dumps(json.dumps({"task_id": task_id})).encode()
+    assert legacy_lookup(sent_back, {}) == {"task_id": task_id}
 
 
-def test_lookup_multipart_rejected() -> None:
-    err = error_of(legacy_lookup, b"--x\r\n...", "multipart/form-data; boundary=x", {"rid": [b"r"]})
-    assert (err.status, err.code, err.field) == (415, "unsupported_media_type", "Content-Type")
+@pytest.mark.parametrize("body", [b"", b"  ", b'{"other": 1}', b"x=1", b'"{}"'])
+def test_lookup_with_neither_key_is_the_originals_400(body: bytes) -> None:
+    err = error_of(legacy_lookup, body, {"rid": []})
+    assert (err.status, err.code, err.field) == (400, "missing_field", "task_id")
+    assert err.message.startswith("Wrong get request")
 
 
-def test_lookup_bad_json_body() -> None:
-    err = error_of(legacy_lookup, b"{nope", "application/json", {})
-    assert (err.status, err.code, err.field) == (400, "invalid_json", "body")
-    err = error_of(legacy_lookup, b"[1]", "application/json", {})
-    assert (err.status, err.code, err.field) == (422, "invalid_type", "body")
+def test_lookup_task_id_must_be_text() -> None:
+    err = error_of(legacy_lookup, b'{"task_id": 5}', {})
+    assert (err.status, err.code, err.field) == (422, "invalid_type", "task_id")
+
+
+@pytest.mark.parametrize(
+    ("body", "doc"),
+    [
+        (b'{"rid": 1, "numbers": [4, 9], "jobtodo": ["sum", "mul"]}', None),
+        (json.dumps(json.dumps({"rid": 1, "numbers": [4, 9], "jobtodo": ["sum", "mul"]})).encode(), None),
+        (b"rid=1&numbers=4&numbers=9&jobtodo=sum&jobtodo=mul", {"rid": "1"}),
+    ],
+)
+def test_legacy_document_reads_json_a_json_string_or_a_form(body: bytes, doc: dict[str, Any] | None) -> None:
+    expected = {"rid": 1, "numbers": [4, 9], "jobtodo": ["sum", "mul"], **(doc or {})}
+    assert legacy_document(body) == expected
+
+
+def test_legacy_form_keeps_what_is_not_a_number_as_text() -> None:
+    doc = legacy_document(b"numbers=12&numbers=x&numbers=-3&jobtodo=sum&numbers=" + b"9" * 41)
+    assert doc == {"numbers": [12, "x", -3, "9" * 41], "jobtodo": ["sum"]}
+    err = error_of(legacy, doc)
+    assert (err.status, err.code, err.field) == (422, "invalid_type", "numbers[1]")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"", 400, "invalid_json"),
+        (b"{nope", 400, "invalid_json"),
+        (b"just words", 400, "invalid_json"),
+        (b"--x\r\nContent-Disposition: form-data\r\n\r\nr\r\n--x--", 400, "invalid_json"),
+        (b"\xff\xfe=1", 400, "invalid_json"),
+        (b'"{nope"', 400, "invalid_json"),
+        (b"[1]", 422, "invalid_type"),
+        (b'"[1]"', 422, "invalid_type"),
+        (b"[" * 40 + b"]" * 40, 400, "too_deep"),
+    ],
+)
+def test_legacy_document_refuses_what_is_neither(body: bytes, status: int, code: str) -> None:
+    err = error_of(legacy_document, body)
+    assert (err.status, err.code, err.field) == (status, code, "body")
 
 
 # --- parse_task_id ---------------------------------------------------------------------------------------

@@ -48,6 +48,12 @@ class GatewaySettings(BaseModel):
         4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Largest request body accepted (413)."
     )
     max_rid_length: int = Field(128, ge=1, le=1024, description="Longest string rid accepted.")
+    legacy_post_answer: Literal["original", "object"] = Field(
+        "original",
+        description="What POST /number_request answers: `original`, the original application's 201 body "
+        '(the JSON text {"task_id": …} encoded again as a JSON string, which its own scripts send back '
+        'as their status lookup); `object`, a plain JSON object {"task_id", "rid"}.',
+    )
     publish_timeout_seconds: float = Field(
         5.0,
         gt=0,

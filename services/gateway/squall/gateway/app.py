@@ -48,7 +48,7 @@ from squall.core.logs import error_text
 from squall.core.processings import Registry
 from squall.core.readiness import dependency_problems
 from squall.core.settings import Settings
-from squall.gateway import admin, stats, validation
+from squall.gateway import admin, legacy, stats, validation
 from squall.gateway.admission import Admission
 from squall.gateway.base import BaseHandler, authorize, observe_request, read_submission, record_request
 from squall.gateway.openapi import openapi_spec
@@ -472,49 +472,53 @@ class OpenApiHandler(BaseHandler):
 
 
 class LegacyHandler(IntakeHandler):
-    """The original example's contract, kept so its clients work unchanged."""
+    """The original example's contract, kept so its clients and their own scripts work unchanged: the
+    original's status codes, its POST answer, and bodies read whatever their ``Content-Type`` claims."""
 
     route = "/number_request"
     scope = {"POST": "submit", "GET": "read"}
     legacy_route = True
 
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Content-Type", legacy.CONTENT_TYPE)
+
     async def post(self) -> None:
-        sub = self.read_submission(validation.parse_legacy_submission)
+        gw = self.app.squall.gateway
+        if len(self.request.body) > gw.max_body_bytes:
+            raise ApiError(
+                413, "body_too_large", f"the body is larger than {gw.max_body_bytes} bytes", "body"
+            )
+        doc = validation.legacy_document(self.request.body)
+        sub = validation.parse_legacy_submission(doc, self.app.registry, gw.max_items, gw.max_rid_length)
         accepted = await submit(self.app, sub)
-        self.write_json(
-            {"task_id": str(accepted.task_id), "rid": store.present_rid(sub.rid, sub.rid_is_int)}, 201
-        )
+        task_id = str(accepted.task_id)
+        if gw.legacy_post_answer == "original":
+            self.set_status(201)
+            self.finish(legacy.original_post_body(task_id))
+        else:
+            self.write_json({"task_id": task_id, "rid": store.present_rid(sub.rid, sub.rid_is_int)}, 201)
 
     async def get(self) -> None:
-        lookup = validation.legacy_lookup(
-            self.request.body, self.request.headers.get("Content-Type"), self.request.query_arguments
-        )
-        rid: str | None = None
-        if "rid" in lookup:  # checked even beside a task_id: a malformed rid is an error, not ignored
+        lookup = validation.legacy_lookup(self.request.body, self.request.query_arguments)
+        if "rid" in lookup:  # the original looked a rid up first, whatever else was given
             if lookup["rid"] is None:
                 raise ApiError(422, "invalid_type", "rid must be an integer or a string", "rid")
-            rid, _ = validation.parse_rid(lookup["rid"], self.app.squall.gateway.max_rid_length)
-        if "task_id" in lookup:
-            task_id = validation.parse_task_id(str(lookup["task_id"]))
-            rid = await store.rid_of_task(self.app.engine, task_id) if task_id else None
-            if rid is None:
-                raise ApiError(404, "not_found", "no request with this task_id", "task_id")
-        assert rid is not None
+            rid = validation.parse_rid(lookup["rid"], self.app.squall.gateway.max_rid_length)[0]
+        else:
+            task_id = validation.parse_task_id(lookup["task_id"])
+            of_task = await store.rid_of_task(self.app.engine, task_id) if task_id else None
+            if of_task is None:
+                # The original's 201 and status, with the error beside it for clients that read one.
+                error = ApiError(404, "not_found", "no request with this task_id", "task_id")
+                self.write_json({"status": legacy.UNKNOWN_TASK, **error.body()}, 201)
+                return
+            rid = of_task
         request = await store.get_request(self.app.engine, rid)
         if request is None:
-            raise ApiError(404, "not_found", "no request with this rid", "rid")
-        self.write_json(
-            {
-                "status": "done: recorded" if request["recorded"] else "queued: not recorded yet",
-                "task_id": request["task_id"],
-                "rid": request["rid"],
-                "processed": request["processed"],
-                "numbers": [i["number"] for i in request["items"]],
-                "jobtodo": [i["job"] for i in request["items"]],
-                "results": [i["result"] for i in request["items"]],
-            },
-            200,
-        )
+            self.write_json(legacy.UNKNOWN_RID, 200)
+            return
+        self.write_json(legacy.status_body(request), 201)
 
 
 _OVER_CAPACITY_BODY = json_bytes(

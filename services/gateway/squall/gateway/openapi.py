@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from squall.core import admin
 from squall.core.metrics import VERSION
+from squall.gateway import legacy
 from squall.gateway.validation import INT64_MAX, INT64_MIN, MAX_JSON_DEPTH
 
 INT64 = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
@@ -51,19 +52,14 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
     job = {"type": "string", "enum": processings} if processings else {"type": "string"}
     item_state = {"type": "string", "enum": ["pending", "running", "done", "failed"]}
     schemas: dict[str, Any] = {
-        "Error": {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": _ref("ErrorDetail")}},
+        "ErrorDetail": {
             "type": "object",
-            "required": ["error"],
+            "required": ["code", "message", "field"],
             "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message", "field"],
-                    "properties": {
-                        "code": {"type": "string", "description": "Machine-readable error code."},
-                        "message": {"type": "string"},
-                        "field": {"type": ["string", "null"], "description": "The offending field, if any."},
-                    },
-                }
+                "code": {"type": "string", "description": "Machine-readable error code."},
+                "message": {"type": "string"},
+                "field": {"type": ["string", "null"], "description": "The offending field, if any."},
             },
         },
         "Item": {
@@ -162,12 +158,21 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
             "type": "object",
             "properties": {"task_id": {"type": "string"}, "rid": RID},
         },
+        "LegacyUnknownTask": {
+            "type": "object",
+            "required": ["status", "error"],
+            "properties": {
+                "status": {"type": "string", "const": legacy.UNKNOWN_TASK},
+                "error": _ref("ErrorDetail"),
+            },
+        },
         "LegacyStatus": {
             "type": "object",
             "required": ["status", "task_id", "rid", "processed", "numbers", "jobtodo", "results"],
             "properties": {
                 "status": {
                     "type": "string",
+                    "enum": [legacy.STARTED, legacy.DONE],
                     "description": "Starts with 'done' once the request is recorded.",
                 },
                 "task_id": {"type": "string", "format": "uuid"},
@@ -304,6 +309,11 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
             "post": {
                 "operationId": "legacySubmit",
                 "summary": "The original example's submission.",
+                "description": "The body is read whatever its Content-Type says: a JSON object, a JSON "
+                "string holding one, or a form (rid=12&numbers=4&numbers=9&jobtodo=sum&jobtodo=mul: a list "
+                "as repeated keys, so a form cannot tell one number from a list of one, and is not described "
+                "by a schema here). The answer is the original's unless "
+                "SQUALL_GATEWAY__LEGACY_POST_ANSWER=object.",
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("LegacySubmission")}},
@@ -311,18 +321,28 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
                 "responses": {
                     "201": _json(
                         {
-                            "type": "object",
-                            "required": ["task_id"],
-                            "properties": {"task_id": {"type": "string"}, "rid": RID},
+                            "anyOf": [
+                                {
+                                    "type": "string",
+                                    "description": "The original's answer: the JSON text "
+                                    '{"task_id": "<uuid>"} encoded again as a JSON string.',
+                                },
+                                {
+                                    "type": "object",
+                                    "required": ["task_id", "rid"],
+                                    "properties": {"task_id": {"type": "string"}, "rid": RID},
+                                },
+                            ]
                         },
-                        "Accepted.",
+                        "Accepted (also an identical submission again).",
                     ),
-                    **_errors(400, 409, 413, 415, 422, 503),
+                    **_errors(400, 409, 413, 422, 503),
                 },
             },
             "get": {
                 "operationId": "legacyStatus",
-                "summary": "The original status lookup (task_id or rid as JSON body, form or query).",
+                "summary": "The original status lookup (task_id or rid in the body, whatever its "
+                "Content-Type says, or the query); a rid is looked up first.",
                 "parameters": lookup_params,
                 "requestBody": {
                     "required": False,
@@ -332,8 +352,16 @@ def openapi_spec(processings: list[str]) -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "200": _json(_ref("LegacyStatus"), "The request."),
-                    **_errors(400, 404, 415, 422, 503),
+                    "201": _json(
+                        {"anyOf": [_ref("LegacyStatus"), _ref("LegacyUnknownTask")]},
+                        "The request, or (as the original answered) a task id it does not know.",
+                    ),
+                    "200": _json(
+                        {"type": "string", "const": legacy.UNKNOWN_RID},
+                        "No request with this rid (the original's answer).",
+                    ),
+                    "400": _json(_ref("Error"), "Neither task_id nor rid given, or a malformed body."),
+                    **_errors(413, 422, 503),
                 },
             },
         },

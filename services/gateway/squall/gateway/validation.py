@@ -244,34 +244,77 @@ def parse_task_id(value: str) -> uuid.UUID | None:
         return None
 
 
-def legacy_lookup(body: bytes, content_type: str | None, query: dict[str, list[bytes]]) -> dict[str, Any]:
-    """``GET /number_request`` finds ``task_id`` or ``rid`` in a JSON body, a form body or the query."""
-    found: dict[str, Any] = {}
-    for key, values in query.items():
-        if key in ("task_id", "rid") and values:
-            found[key] = values[-1].decode(errors="replace")
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    if body.strip():
-        if media in ("application/x-www-form-urlencoded",):
-            for key, fields in urllib.parse.parse_qs(body.decode(errors="replace")).items():
-                if key in ("task_id", "rid") and fields:
-                    found[key] = fields[-1]
-        elif media == "multipart/form-data":
+LEGACY_LOOKUP_KEYS = ("task_id", "rid")
+_LEGACY_LIST_FIELDS = frozenset(("numbers", "jobtodo"))
+_DECIMAL = re.compile(r"[+-]?[0-9]{1,40}")
+
+
+def legacy_document(body: bytes) -> dict[str, Any]:
+    """A ``/number_request`` body as the original's clients send it, whatever its ``Content-Type`` claims:
+    a JSON object; a JSON string holding one (the original answered its POST so, and its main script sends
+    that answer back as it is); or a form, as the ``requests`` library encodes a dict body (a list as
+    repeated keys, a number as decimal text). Anything else is a 400 naming the body."""
+    if not body.strip():
+        raise ApiError(400, "invalid_json", "the body is empty; send a JSON object", "body")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        form = _legacy_form(body)
+        if form is None:
             raise ApiError(
-                415,
-                "unsupported_media_type",
-                "send task_id or rid as JSON, a form or the query",
-                "Content-Type",
-            )
+                400, "invalid_json", f"the body is neither JSON nor a form: {exc.msg}", "body"
+            ) from None
+        return form
+    if isinstance(doc, str):
+        try:
+            doc = orjson.loads(doc)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(
+                400, "invalid_json", f"the body is a JSON string that does not hold JSON: {exc.msg}", "body"
+            ) from None
+    check_depth(doc)
+    return _object(doc, "body")
+
+
+def _legacy_form(body: bytes) -> dict[str, Any] | None:
+    """``task_id=…&rid=…`` or ``rid=…&numbers=4&numbers=9&jobtodo=sum&jobtodo=mul``; None if not a form."""
+    try:
+        pairs = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key == "numbers":
+            # Decimal text is a number; anything else stays text, refused by the submission's checks.
+            doc.setdefault(key, []).append(int(value) if _DECIMAL.fullmatch(value) else value)
+        elif key in _LEGACY_LIST_FIELDS:
+            doc.setdefault(key, []).append(value)
         else:
-            doc = _object(parse_json(body), "body")
-            for key in ("task_id", "rid"):
-                if key in doc:
-                    found[key] = doc[key]
-    if "task_id" not in found and "rid" not in found:
+            doc[key] = value
+    return doc
+
+
+def legacy_lookup(body: bytes, query: dict[str, list[bytes]]) -> dict[str, Any]:
+    """``GET /number_request`` finds ``task_id`` or ``rid`` in the body (:func:`legacy_document`) or the
+    query. Neither is a 400, as the original answered ("Wrong get request"), with an error naming the
+    field."""
+    found: dict[str, Any] = {
+        key: values[-1].decode(errors="replace")
+        for key, values in query.items()
+        if key in LEGACY_LOOKUP_KEYS and values
+    }
+    if body.strip():
+        doc = legacy_document(body)
+        found.update((key, doc[key]) for key in LEGACY_LOOKUP_KEYS if key in doc)
+    if not found:
         raise ApiError(
-            422, "missing_field", "give task_id or rid (JSON body, form field or query)", "task_id"
+            400,
+            "missing_field",
+            "Wrong get request: give task_id or rid (JSON body, form field or query)",
+            "task_id",
         )
+    if "task_id" in found and not isinstance(found["task_id"], str):
+        raise ApiError(422, "invalid_type", "task_id must be a string", "task_id")
     return found
 
 
