@@ -174,25 +174,35 @@ def _postgres_port(dev: SquallDev) -> int:
     raise RuntimeError("dev.json lists no postgres")
 
 
-async def run_scenario(
-    scenario: Scenario, args: argparse.Namespace, stamp: str, result: dict[str, Any]
-) -> None:
-    """Run one scenario, filling ``result`` as it goes (so an interrupted one still reports what it got)."""
-    duration_text, duration_seconds = args.duration
+def _scenario_env(scenario: Scenario, args: argparse.Namespace) -> dict[str, str]:
+    """The SQUALL_* variables squall dev runs this scenario with."""
     env = mode_env(scenario.mode, args.batch_interval)
     if args.max_backlog_items is not None:
         env["SQUALL_GATEWAY__MAX_BACKLOG_ITEMS"] = str(args.max_backlog_items)
-    result |= {
+    return env
+
+
+def _describe(scenario: Scenario, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """What the scenario runs, as its result records it."""
+    return {
         "scenario": scenario.name,
         "profile": scenario.profile,
         "items_per_request": scenario.items_per_request,
         "mode": scenario.mode,
         "squall_env": env,
         "vus": args.vus,
-        "duration": duration_text,
+        "duration": args.duration[0],
         "processors": args.processors,
         "gateways": args.gateways,
     }
+
+
+async def run_scenario(
+    scenario: Scenario, args: argparse.Namespace, stamp: str, result: dict[str, Any]
+) -> None:
+    """Run one scenario, filling ``result`` as it goes (so an interrupted one still reports what it got)."""
+    env = _scenario_env(scenario, args)
+    result |= _describe(scenario, args, env)
     data_dir = Path(tempfile.mkdtemp(prefix=f"squall-bench-{scenario.slug}-"))
     logs = args.out_dir / "logs"
     dev = SquallDev(
@@ -219,52 +229,8 @@ async def run_scenario(
         pg_port = _postgres_port(dev)
         sampler_task = asyncio.create_task(sampler.run(stop_sampling))
         watcher_task = asyncio.create_task(watcher.run())
-
-        _say(
-            scenario, f"k6: {args.vus} VUs for {duration_text}, {scenario.items_per_request} item(s)/request"
-        )
-        run_id = f"{stamp}-{scenario.slug}"
-        result["speed_probe_ms"] = await asyncio.to_thread(speed_probe_ms)
-        result["stats_load_started_at"] = watcher.mark()
-        cpu.start()
-        k6 = await run_k6(
-            base_url=dev.base_url,
-            items_per_request=scenario.items_per_request,
-            vus=args.vus,
-            duration=duration_text,
-            duration_seconds=duration_seconds,
-            run_id=run_id,
-            summary_path=data_dir / "k6-summary.json",
-            log_path=dev.log_path.with_suffix(".k6.log"),
-        )
-        cpu.stop()
-        result["k6"] = k6
-        result["cpu"] = cpu.result(k6["accepted_202"])
-        _say(
-            scenario,
-            f"k6 done: {k6['accepted_202']} accepted, {k6['not_accepted']} not; "
-            f"waiting up to {args.drain_timeout:.0f} s for processing",
-        )
-        result["stats_load_ended_at"] = watcher.mark()
-        drain = await watcher.wait_drained(k6["accepted_202"], args.drain_timeout)
-        watcher.stop()
-        # PostgreSQL confirms (it may hold requests k6 gave up on that the gateway accepted anyway).
-        confirmed = await db.wait_processed(pg_port, k6["accepted_202"], CONFIRM_TIMEOUT_SECONDS)
-        drain |= {"postgres": confirmed, "drained": drain["drained"] and confirmed["drained"]}
-        result["drain"] = drain
-        result["db"] = await db.measure(pg_port)
-        result["timeline"] = await db.timeline(pg_port)
-        if not drain["drained"]:
-            result["error"] = (
-                f"only {confirmed['processed']} of {confirmed['requests']} requests processed "
-                f"after {args.drain_timeout:.0f} s (last /v1/stats: {drain['last']})"
-            )
-        elif confirmed["requests"] != k6["accepted_202"]:
-            # More rows than 202s: requests k6 gave up on (timeout) that the gateway accepted anyway.
-            seen = k6["accepted_202"]
-            result["note"] = f"{confirmed['requests']} requests in the database, {seen} 202s seen"
-        if k6["exit_code"] != 0 and "error" not in result:
-            result["error"] = f"k6 exited with code {k6['exit_code']}"
+        k6 = await _drive_load(scenario, args, stamp, dev, data_dir, watcher, cpu, result)
+        await _drain_and_measure(args, pg_port, watcher, k6, result)
     except asyncio.CancelledError:
         result["error"] = "interrupted"
         raise
@@ -275,24 +241,97 @@ async def run_scenario(
         stop_sampling.set()
         watcher.stop()
         try:
-            for task in (sampler_task, watcher_task):
-                if task is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(task)
+            await _wait_for_samplers(sampler_task, watcher_task)
         finally:
             result["rss"] = sampler.result()
             result["stats_samples"] = watcher.samples
             _say(scenario, "stopping squall dev")
             dev.stop()  # synchronous on purpose: it must complete even while this task is being cancelled
             _LIVE.discard(dev)
-            if dev.leftovers_killed:
-                result["leftovers_killed"] = dev.leftovers_killed
-            if dev.exited_early is not None and "error" not in result:
-                result["error"] = f"squall dev ended by itself during the run (exit code {dev.exited_early})"
+            _record_how_dev_ended(dev, result)
             if args.keep_data:
                 result["data_dir"] = str(data_dir)
             else:
                 dev.remove_data()
+
+
+async def _drive_load(
+    scenario: Scenario,
+    args: argparse.Namespace,
+    stamp: str,
+    dev: SquallDev,
+    data_dir: Path,
+    watcher: StatsWatcher,
+    cpu: CpuMeter,
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """Run k6 against squall dev, metering each component's CPU meanwhile; k6's figures."""
+    duration_text, duration_seconds = args.duration
+    _say(scenario, f"k6: {args.vus} VUs for {duration_text}, {scenario.items_per_request} item(s)/request")
+    run_id = f"{stamp}-{scenario.slug}"
+    result["speed_probe_ms"] = await asyncio.to_thread(speed_probe_ms)
+    result["stats_load_started_at"] = watcher.mark()
+    cpu.start()
+    k6 = await run_k6(
+        base_url=dev.base_url,
+        items_per_request=scenario.items_per_request,
+        vus=args.vus,
+        duration=duration_text,
+        duration_seconds=duration_seconds,
+        run_id=run_id,
+        summary_path=data_dir / "k6-summary.json",
+        log_path=dev.log_path.with_suffix(".k6.log"),
+    )
+    cpu.stop()
+    result["k6"] = k6
+    result["cpu"] = cpu.result(k6["accepted_202"])
+    _say(
+        scenario,
+        f"k6 done: {k6['accepted_202']} accepted, {k6['not_accepted']} not; "
+        f"waiting up to {args.drain_timeout:.0f} s for processing",
+    )
+    return k6
+
+
+async def _drain_and_measure(
+    args: argparse.Namespace, pg_port: int, watcher: StatsWatcher, k6: dict[str, Any], result: dict[str, Any]
+) -> None:
+    """Wait until every accepted request is processed, then read the figures from PostgreSQL."""
+    result["stats_load_ended_at"] = watcher.mark()
+    drain = await watcher.wait_drained(k6["accepted_202"], args.drain_timeout)
+    watcher.stop()
+    # PostgreSQL confirms (it may hold requests k6 gave up on that the gateway accepted anyway).
+    confirmed = await db.wait_processed(pg_port, k6["accepted_202"], CONFIRM_TIMEOUT_SECONDS)
+    drain |= {"postgres": confirmed, "drained": drain["drained"] and confirmed["drained"]}
+    result["drain"] = drain
+    result["db"] = await db.measure(pg_port)
+    result["timeline"] = await db.timeline(pg_port)
+    if not drain["drained"]:
+        result["error"] = (
+            f"only {confirmed['processed']} of {confirmed['requests']} requests processed "
+            f"after {args.drain_timeout:.0f} s (last /v1/stats: {drain['last']})"
+        )
+    elif confirmed["requests"] != k6["accepted_202"]:
+        # More rows than 202s: requests k6 gave up on (timeout) that the gateway accepted anyway.
+        seen = k6["accepted_202"]
+        result["note"] = f"{confirmed['requests']} requests in the database, {seen} 202s seen"
+    if k6["exit_code"] != 0 and "error" not in result:
+        result["error"] = f"k6 exited with code {k6['exit_code']}"
+
+
+async def _wait_for_samplers(*tasks: asyncio.Task[None] | None) -> None:
+    """Let the samplers finish their last round; a sampler's failure must not lose the scenario."""
+    for task in tasks:
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+
+
+def _record_how_dev_ended(dev: SquallDev, result: dict[str, Any]) -> None:
+    if dev.leftovers_killed:
+        result["leftovers_killed"] = dev.leftovers_killed
+    if dev.exited_early is not None and "error" not in result:
+        result["error"] = f"squall dev ended by itself during the run (exit code {dev.exited_early})"
 
 
 async def run_all(

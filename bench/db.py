@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core.embedded import PostgresServer
+from squall.cli.embedded import PostgresServer
+from squall.core import migrate
+from squall.core.db import create_engine
+from squall.core.settings import load_settings
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 QUERY_TIMEOUT_SECONDS = 60.0
@@ -97,6 +102,38 @@ def scratch_postgres(name: str) -> Iterator[str]:
             yield server.url
         finally:
             server.stop()
+
+
+def parse_int_options(doc: str | None, **options: tuple[int, str]) -> argparse.Namespace:
+    """The command line of a narrow benchmark: its docstring as description, and ``--name`` integer
+    options given as ``name=(default, help)``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, (default, help_text) in options.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=help_text)
+    return parser.parse_args()
+
+
+def run_on_scratch_postgres(
+    name: str,
+    measure: Callable[[AsyncEngine], Awaitable[None]],
+    *,
+    pool_size: int | None = None,
+    hot_statements: bool = False,
+) -> None:
+    """Run ``measure`` on a pool (``db.create_engine``'s options) of a scratch PostgreSQL
+    (``scratch_postgres``) migrated to the newest revision; the pool is disposed of afterwards."""
+
+    async def on_migrated_engine(url: str) -> None:
+        settings = load_settings(database_url=url)
+        await migrate.upgrade_async(settings)
+        engine = create_engine(settings, pool_size=pool_size, hot_statements=hot_statements)
+        try:
+            await measure(engine)
+        finally:
+            await engine.dispose()
+
+    with scratch_postgres(name) as url:
+        asyncio.run(on_migrated_engine(url))
 
 
 def dsn(port: int) -> str:

@@ -1,5 +1,5 @@
 """CPU per request of the gateway's slow-client deadlines: Tornado's own (``gen.with_timeout`` around every
-header and body read) against the gateway's (``squall.gateway.app.CappedHTTPServer``: a deadline per
+header and body read) against the gateway's (``squall.gateway.server.CappedHTTPServer``: a deadline per
 connection, moved on twice per request, and a sweep twice a second).
 
     python -m bench.deadlines [--number 100000] [--repeat 5]
@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import uvloop
 from tornado import gen, httputil, ioloop, iostream
 
-from squall.gateway.app import _BodyDeadline
+from squall.gateway.server import _BodyDeadline
 
 
 class _Delegate(httputil.HTTPMessageDelegate):

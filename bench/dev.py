@@ -34,7 +34,7 @@ def squall_command() -> list[str]:
     script = Path(sys.executable).parent / "squall"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "squall.core.cli"]
+    return [sys.executable, "-m", "squall.cli"]
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """Client CPU of one statement through SQLAlchemy's execution and on asyncpg's connection itself
-(``store.fetch_on_driver``), on an embedded PostgreSQL of its own (127.0.0.1 only), statements one after
+(``driver.fetch_on_driver``), on an embedded PostgreSQL of its own (127.0.0.1 only), statements one after
 another on the hot statements' pool.
 
     python -m bench.driver [--number 2000] [--repeat 3]
@@ -13,25 +13,23 @@ event loop's share included)."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
-from bench.db import scratch_postgres
-from squall.core import db, migrate, store
-from squall.core.settings import load_settings
+from bench.db import parse_int_options, run_on_scratch_postgres
+from squall.core.store import driver, intake
 
 SELECT_1 = text("SELECT 1")
 
 
-def submissions(count: int) -> list[store.Submitted]:
+def submissions(count: int) -> list[intake.Submitted]:
     return [
-        store.Submitted(
+        intake.Submitted(
             uuid.uuid4(), f"bench-{uuid.uuid4().hex}", False, [{"number": 1, "job": "sum"}], b"{}"
         )
         for _ in range(count)
@@ -50,75 +48,67 @@ async def cpu_micros(step: Callable[[], Awaitable[object]], number: int, repeat:
     return best
 
 
-async def measure(url: str, number: int, repeat: int) -> None:
-    settings = load_settings(database_url=url)
-    await migrate.upgrade_async(settings)
-    engine = db.create_engine(settings, hot_statements=True)
-    try:
-        async with engine.connect() as held:
-            driver = (await held.get_raw_connection()).driver_connection
-            assert driver is not None
+async def measure(engine: AsyncEngine, number: int, repeat: int) -> None:
+    async with engine.connect() as held:
+        asyncpg_connection = (await held.get_raw_connection()).driver_connection
+        assert asyncpg_connection is not None
 
-            async def asyncpg_alone() -> object:
-                return await driver.fetch("SELECT 1")
+        async def asyncpg_alone() -> object:
+            return await asyncpg_connection.fetch("SELECT 1")
 
-            alone = await cpu_micros(asyncpg_alone, number, repeat)
+        alone = await cpu_micros(asyncpg_alone, number, repeat)
 
-        async def checkout() -> None:
-            async with store.statements(engine):
-                pass
+    async def checkout() -> None:
+        async with driver.autocommit_connection(engine):
+            pass
 
-        async def pool_checkout() -> None:
-            pooled = await greenlet_spawn(engine.sync_engine.raw_connection)
-            await greenlet_spawn(pooled.close)
+    async def pool_checkout() -> None:
+        pooled = await greenlet_spawn(engine.sync_engine.raw_connection)
+        await greenlet_spawn(pooled.close)
 
-        async def sqlalchemy_execute() -> object:
-            async with store.statements(engine) as conn:
-                return await conn.execute(SELECT_1)
+    async def sqlalchemy_execute() -> object:
+        async with driver.autocommit_connection(engine) as conn:
+            return await conn.execute(SELECT_1)
 
-        async def sqlalchemy_driver_sql() -> object:
-            async with store.statements(engine) as conn:
-                return await conn.exec_driver_sql("SELECT 1")
+    async def sqlalchemy_driver_sql() -> object:
+        async with driver.autocommit_connection(engine) as conn:
+            return await conn.exec_driver_sql("SELECT 1")
 
-        async def on_driver() -> object:
-            return await store.fetch_on_driver(engine, SELECT_1, {})
+    async def on_driver() -> object:
+        return await driver.fetch_on_driver(engine, SELECT_1, {})
 
-        async def intake_sqlalchemy() -> object:
-            batch = submissions(5)
-            params = store._accept_params(batch, [store.items_hash(s.items) for s in batch])
-            async with store.statements(engine) as conn:
-                return (await conn.execute(store._ACCEPT_MANY, params)).all()
+    async def intake_sqlalchemy() -> object:
+        batch = submissions(5)
+        params = intake._accept_params(batch, [intake.items_hash(s.items) for s in batch])
+        async with driver.autocommit_connection(engine) as conn:
+            return (await conn.execute(intake._ACCEPT_MANY, params)).all()
 
-        async def intake_on_driver() -> object:
-            batch = submissions(5)
-            params = store._accept_params(batch, [store.items_hash(s.items) for s in batch])
-            return await store.fetch_on_driver(engine, store._ACCEPT_MANY, params)
+    async def intake_on_driver() -> object:
+        batch = submissions(5)
+        params = intake._accept_params(batch, [intake.items_hash(s.items) for s in batch])
+        return await driver.fetch_on_driver(engine, intake._ACCEPT_MANY, params)
 
-        rows = {
-            "checkout and return": checkout,
-            "checkout and return, the pool's connection itself": pool_checkout,
-            "SELECT 1, SQLAlchemy execute": sqlalchemy_execute,
-            "SELECT 1, SQLAlchemy exec_driver_sql": sqlalchemy_driver_sql,
-            "SELECT 1, fetch_on_driver": on_driver,
-            "intake INSERT of 5, SQLAlchemy execute": intake_sqlalchemy,
-            "intake INSERT of 5, fetch_on_driver": intake_on_driver,
-        }
-        print(f"SELECT 1, asyncpg alone: {alone:.0f} us")
-        for name, step in rows.items():
-            print(f"{name}: {await cpu_micros(step, number, repeat):.0f} us")
-    finally:
-        await engine.dispose()
+    rows = {
+        "checkout and return": checkout,
+        "checkout and return, the pool's connection itself": pool_checkout,
+        "SELECT 1, SQLAlchemy execute": sqlalchemy_execute,
+        "SELECT 1, SQLAlchemy exec_driver_sql": sqlalchemy_driver_sql,
+        "SELECT 1, fetch_on_driver": on_driver,
+        "intake INSERT of 5, SQLAlchemy execute": intake_sqlalchemy,
+        "intake INSERT of 5, fetch_on_driver": intake_on_driver,
+    }
+    print(f"SELECT 1, asyncpg alone: {alone:.0f} us")
+    for name, step in rows.items():
+        print(f"{name}: {await cpu_micros(step, number, repeat):.0f} us")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    args = parse_int_options(
+        __doc__, number=(2000, "statements per round"), repeat=(3, "rounds (the best is kept)")
     )
-    parser.add_argument("--number", type=int, default=2000, help="statements per round")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds (the best is kept)")
-    args = parser.parse_args()
-    with scratch_postgres("driver") as url:
-        asyncio.run(measure(url, args.number, args.repeat))
+    run_on_scratch_postgres(
+        "driver", lambda engine: measure(engine, args.number, args.repeat), hot_statements=True
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
+from squall.cli.embedded import NatsServer
 from squall.core.broker import AckedPublisher, Puller
-from squall.core.embedded import NatsServer
 
 PAYLOAD = (
     b'{"v":1,"task_id":"7c0b9a58-5a7e-4c1c-9a55-2f8e0f1c1d2e","rid":"r","items":[{"number":1,"job":"sum"}]}'

@@ -20,7 +20,7 @@ from typing import Any
 
 from squall.core import builtin, events
 from squall.core.processings import Registry
-from squall.processor.worker import compute_items
+from squall.processor.new_items import compute_items
 
 TRACEPARENT = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
 

@@ -7,7 +7,7 @@ grows, and of migration 0011, which seeds the acceptance counters, on an embedde
 It migrates to 0010, inserts ``--requests`` requests and their recorded counts (the last ``--unrecorded``
 of them not recorded yet, then as many rows recorded again: the dead row versions a busy table holds
 before vacuum), times the upgrade to 0011 (the seeding count, during which intake waits), then prints the
-median time of ``store.read_stats`` and, for comparison, of the count it replaced: the requests not
+median time of ``counters.read_stats`` and, for comparison, of the count it replaced: the requests not
 recorded yet and their items summed over the partial index ``requests_awaiting_record``, before and after
 ``ANALYZE``.
 """
@@ -23,8 +23,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.db import scratch_postgres
-from squall.core import db, migrate, store
+from squall.core import db, migrate
 from squall.core.settings import load_settings
+from squall.core.store import counters
 
 # What read_stats counted before migration 0011.
 UNRECORDED_COUNT = text(
@@ -41,7 +42,7 @@ async def median_ms(engine: AsyncEngine, replaced: bool, repeat: int) -> float:
             async with engine.connect() as conn:
                 await conn.execute(UNRECORDED_COUNT)
         else:
-            await store.read_stats(engine)
+            await counters.read_stats(engine)
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times[3:])
 
@@ -92,7 +93,7 @@ async def measure(url: str, requests: int, unrecorded: int, repeat: int) -> None
             f"{requests:,} requests ({unrecorded:,} not recorded yet): migration 0011 took "
             f"{time.perf_counter() - started:.2f} s (its seeding count locks out intake)"
         )
-        stats = await store.read_stats(engine)
+        stats = await counters.read_stats(engine)
         assert stats.accepted == requests and stats.accepted - stats.recorded == unrecorded, stats
         for moment in ("before ANALYZE", "after ANALYZE"):
             print(

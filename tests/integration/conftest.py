@@ -22,8 +22,8 @@ import nats.js.errors
 import pytest
 from sqlalchemy.engine import make_url
 
+from squall.cli.embedded import NatsServer, PostgresServer
 from squall.core import migrate
-from squall.core.embedded import NatsServer, PostgresServer
 from squall.core.settings import Settings, load_settings
 from tests.integration.harness import LogRecords, System, make_settings, plain_dsn, start_system
 

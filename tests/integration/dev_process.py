@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from squall.core.embedded import free_port
+from squall.cli.embedded import free_port
 
-SQUALL = [sys.executable, "-m", "squall.core.cli"]
+SQUALL = [sys.executable, "-m", "squall.cli"]
 
 
 def wait_until(check: Any, timeout: float, what: str) -> Any:

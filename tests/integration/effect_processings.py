@@ -52,15 +52,20 @@ async def slow_locked(numbers: list[int]) -> list[int]:
     return [n + 1 for n in numbers]
 
 
+def _fail_the_first_call(calls: list[list[int]], numbers: list[int], error: Exception) -> None:
+    """Note this call in ``calls``; raise ``error`` if it is the first one noted there."""
+    calls.append(numbers)
+    if len(calls) == 1:
+        raise error
+
+
 FLAKY_CALLS: list[list[int]] = []
 
 
 @processing(name="flaky", mode="batch", batch_size=100, max_attempts=3, backoff_seconds=0.5)
 def flaky(numbers: list[int]) -> list[int]:
     """Fails its first call (a retryable error), then works."""
-    FLAKY_CALLS.append(numbers)
-    if len(FLAKY_CALLS) == 1:
-        raise ConnectionError("the shared file system blinked")
+    _fail_the_first_call(FLAKY_CALLS, numbers, ConnectionError("the shared file system blinked"))
     return [n * 10 for n in numbers]
 
 
@@ -76,9 +81,7 @@ REFUSE_ONCE_CALLS: list[list[int]] = []
 @processing(name="refuse_once", mode="batch", batch_size=100)
 def refuse_once(numbers: list[int]) -> list[int]:
     """Fails permanently the first time (say, a missing input file), works once an operator fixed it."""
-    REFUSE_ONCE_CALLS.append(numbers)
-    if len(REFUSE_ONCE_CALLS) == 1:
-        raise PermanentError("input file missing")
+    _fail_the_first_call(REFUSE_ONCE_CALLS, numbers, PermanentError("input file missing"))
     return [n + 1000 for n in numbers]
 
 
@@ -101,9 +104,7 @@ FLAKY_NOW_CALLS: list[list[int]] = []
 @processing(name="flaky_now", mode="immediate", batch_size=100, max_attempts=3, backoff_seconds=0.2)
 def flaky_now(numbers: list[int]) -> list[int]:
     """An immediate processing whose first call fails retryably (its items wait for the schedule)."""
-    FLAKY_NOW_CALLS.append(numbers)
-    if len(FLAKY_NOW_CALLS) == 1:
-        raise TimeoutError("the pricing service timed out")
+    _fail_the_first_call(FLAKY_NOW_CALLS, numbers, TimeoutError("the pricing service timed out"))
     return [n * 7 for n in numbers]
 
 
@@ -123,9 +124,7 @@ REFUSE_ONCE_NOW_CALLS: list[list[int]] = []
 @processing(name="refuse_once_now", mode="immediate", batch_size=100)
 def refuse_once_now(numbers: list[int]) -> list[int]:
     """Immediate; fails permanently the first time (at recording), works once an operator fixed things."""
-    REFUSE_ONCE_NOW_CALLS.append(numbers)
-    if len(REFUSE_ONCE_NOW_CALLS) == 1:
-        raise PermanentError("the price list is missing")
+    _fail_the_first_call(REFUSE_ONCE_NOW_CALLS, numbers, PermanentError("the price list is missing"))
     return [n + 5 for n in numbers]
 
 
@@ -137,9 +136,7 @@ FLAKY_LOCKED_CALLS: list[list[int]] = []
 )
 def flaky_locked(numbers: list[int]) -> list[int]:
     """``flaky`` under row locks: fails its first call (retryable), then works."""
-    FLAKY_LOCKED_CALLS.append(numbers)
-    if len(FLAKY_LOCKED_CALLS) == 1:
-        raise ConnectionError("the shared file system blinked")
+    _fail_the_first_call(FLAKY_LOCKED_CALLS, numbers, ConnectionError("the shared file system blinked"))
     return [n * 10 for n in numbers]
 
 

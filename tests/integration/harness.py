@@ -21,12 +21,15 @@ import httpx
 import nats
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import broker, events, store, tracing
+from squall.cli.embedded import free_port
+from squall.core import broker, events, tracing
 from squall.core.db import create_engine
-from squall.core.embedded import free_port
+from squall.core.lifecycle import Resources
 from squall.core.processings import Registry, load_registry
 from squall.core.settings import Settings, load_settings
-from squall.gateway.app import GatewayApp, make_server
+from squall.core.store import scheduling
+from squall.gateway.app import GatewayApp
+from squall.gateway.server import make_server
 from squall.processor.worker import Processor
 from squall.scheduler.service import Scheduler
 
@@ -122,7 +125,7 @@ class System:
     async def start_processor(self, name: str | None = None) -> Processor:
         name = name or f"processor-{len(self.processors)}"
         nc = await broker.connect(self.settings, name)
-        processor = Processor(self.settings, self.registry, self.engine, nc, name, self.hot_engine)
+        processor = Processor(self.settings, Resources(name, self.registry, self.engine, nc, self.hot_engine))
         stop = asyncio.Event()
         self.processors.append(RunningProcessor(processor, stop, asyncio.create_task(processor.run(stop))))
         return processor
@@ -175,7 +178,7 @@ class System:
             tick_key=key,
         )
         async with self.engine.begin() as conn:
-            await store.record_poll_tasks(conn, [(task.task_id, processing, batch_size)])
+            await scheduling.record_poll_tasks(conn, [(task.task_id, processing, batch_size)])
         nc = await nats.connect(self.settings.nats_url)
         try:
             await nc.jetstream().publish(
@@ -229,8 +232,8 @@ async def start_system(settings: Settings, stack: AsyncExitStack, processors: in
     nc = await broker.connect(settings, "test-gateway")
     stack.push_async_callback(nc.close)
     await broker.ensure_streams(nc.jetstream(), settings)
-    app = GatewayApp(settings, registry, engine, nc, hot_engine)
-    server = make_server(app)
+    app = GatewayApp(settings, Resources("test-gateway", registry, engine, nc, hot_engine))
+    server = make_server(app, settings.gateway)
     port = free_port()
     server.listen(port, "127.0.0.1")
     stack.callback(server.stop)
@@ -311,7 +314,7 @@ class ServiceProcesses:
         }
         with open(self.log_dir / f"{name}.log", "ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "squall.core.cli", role], env=env, stdout=out, stderr=out
+                [sys.executable, "-m", "squall.cli", role], env=env, stdout=out, stderr=out
             )
         self.by_name[name] = process
         return process

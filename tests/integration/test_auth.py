@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from squall.core import auth
 from squall.core.settings import Settings
+from squall.gateway import auth
 from tests.integration.harness import ROOT, System, make_settings, wait_for
 
 
@@ -29,7 +29,7 @@ def squall_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[st
         "SQUALL_DATABASE_URL": settings.database_url,
     }
     return subprocess.run(
-        [sys.executable, "-m", "squall.core.cli", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "squall.cli", *args], env=env, capture_output=True, text=True, timeout=60
     )
 
 
@@ -53,6 +53,40 @@ def assert_error(response: httpx.Response, status: int, code: str, field: str | 
     assert response.json() == {
         "error": {"code": code, "message": response.json()["error"]["message"], "field": field}
     }
+
+
+async def _check_listing_and_revocation(
+    settings: Settings, system: System, submitter: str, reader: str, admin: str
+) -> None:
+    """The tokens list shows names and scopes, never a token; a revoked token stops working."""
+    client = system.client
+    # The list shows names and scopes, never a token or its digest.
+    listed = await asyncio.to_thread(squall_cli, settings, "tokens", "list")
+    assert listed.returncode == 0, listed.stderr
+    tokens = json.loads(listed.stdout)
+    assert {t["name"]: t["scopes"] for t in tokens} == {
+        "ci-submit": ["submit"],
+        "dashboard": ["read"],
+        "ops": ["admin"],
+    }
+    assert submitter not in listed.stdout and auth.token_digest(submitter) not in listed.stdout
+    stored = await system.fetch("SELECT token_sha256 FROM api_tokens")
+    assert {r["token_sha256"] for r in stored} == {auth.token_digest(t) for t in (submitter, reader, admin)}
+
+    # A revoked token stops working once the gateway's short cache expires; its name is not reused.
+    revoked = await asyncio.to_thread(squall_cli, settings, "tokens", "revoke", "dashboard")
+    assert revoked.returncode == 0, revoked.stderr
+
+    async def refused() -> bool:
+        return (await client.get("/v1/requests/auth-1", headers=bearer(reader))).status_code == 401
+
+    await wait_for(refused, timeout=5, what="the revoked token refused")
+    again = await asyncio.to_thread(squall_cli, settings, "tokens", "create", "dashboard", "--scope", "read")
+    assert again.returncode == 1 and "exists" in again.stderr
+    bad_name = await asyncio.to_thread(
+        squall_cli, settings, "tokens", "create", "Bad Name", "--scope", "read"
+    )
+    assert bad_name.returncode == 2
 
 
 async def test_tokens_and_scopes(
@@ -117,33 +151,7 @@ async def test_tokens_and_scopes(
     for path in ("/v1/openapi.json", "/healthz", "/metrics"):
         assert (await client.get(path)).status_code == 200, path
 
-    # The list shows names and scopes, never a token or its digest.
-    listed = await asyncio.to_thread(squall_cli, settings, "tokens", "list")
-    assert listed.returncode == 0, listed.stderr
-    tokens = json.loads(listed.stdout)
-    assert {t["name"]: t["scopes"] for t in tokens} == {
-        "ci-submit": ["submit"],
-        "dashboard": ["read"],
-        "ops": ["admin"],
-    }
-    assert submitter not in listed.stdout and auth.token_digest(submitter) not in listed.stdout
-    stored = await system.fetch("SELECT token_sha256 FROM api_tokens")
-    assert {r["token_sha256"] for r in stored} == {auth.token_digest(t) for t in (submitter, reader, admin)}
-
-    # A revoked token stops working once the gateway's short cache expires; its name is not reused.
-    revoked = await asyncio.to_thread(squall_cli, settings, "tokens", "revoke", "dashboard")
-    assert revoked.returncode == 0, revoked.stderr
-
-    async def refused() -> bool:
-        return (await client.get("/v1/requests/auth-1", headers=bearer(reader))).status_code == 401
-
-    await wait_for(refused, timeout=5, what="the revoked token refused")
-    again = await asyncio.to_thread(squall_cli, settings, "tokens", "create", "dashboard", "--scope", "read")
-    assert again.returncode == 1 and "exists" in again.stderr
-    bad_name = await asyncio.to_thread(
-        squall_cli, settings, "tokens", "create", "Bad Name", "--scope", "read"
-    )
-    assert bad_name.returncode == 2
+    await _check_listing_and_revocation(settings, system, submitter, reader, admin)
 
 
 async def test_tokens_file_is_read_and_reloaded(
@@ -253,8 +261,11 @@ async def test_connections_over_the_cap_are_refused(
     held: list[socket.socket] = []
     try:
         for _ in range(3):
-            held.append(socket.create_connection(("127.0.0.1", port)))
-        await asyncio.sleep(0.2)  # the gateway has taken them
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        # The gateway has taken them: each is answered, and stays open (HTTP/1.1 keep-alive).
+        for sock in held:
+            head = await asyncio.to_thread(_answer_on, sock)
+            assert head.startswith(b"HTTP/1.1 200"), head
 
         def refused_answer() -> bytes:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
@@ -278,6 +289,27 @@ async def test_connections_over_the_cap_are_refused(
     await wait_for(served, timeout=5, what="a connection accepted once the others closed")
 
 
+def _answer_on(sock: socket.socket) -> bytes:
+    """GET /healthz on an open connection; the answer's head, once the whole answer has come."""
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(4096)
+        assert chunk, received  # the gateway closed the connection instead of answering
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    [length] = [
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    ]
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        assert chunk, received
+        body += chunk
+    return head
+
+
 async def test_a_gateway_with_a_broken_tokens_file_stops_with_one_clear_line(
     nats_url: str, database_url: str, tmp_path: Path
 ) -> None:
@@ -294,7 +326,7 @@ async def test_a_gateway_with_a_broken_tokens_file_stops_with_one_clear_line(
     }
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "squall.core.cli", "gateway"],
+        [sys.executable, "-m", "squall.cli", "gateway"],
         env=env,
         capture_output=True,
         text=True,

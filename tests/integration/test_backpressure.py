@@ -95,9 +95,11 @@ async def test_over_the_backlog_limit_submissions_wait_then_get_503(
 
     # Held now; the scheduler starts, the backlog is processed, and the same submission goes through.
     admitted_before = await _held(system, "admitted")
+    reads = _count_backlog_reads(system)
     held = asyncio.create_task(system.client.post("/v1/requests", json=body("third")))
-    await asyncio.sleep(0.5)
-    assert not held.done()
+    # Two reads of the backlog: the submission found it over the limit and waits to look again.
+    await wait_for(lambda: _at_least_reads(reads, 2), timeout=5, what="the submission held")
+    assert reads[0] >= 5 and not held.done(), reads
     await system.start_scheduler()
     response = await held
     assert response.status_code == 202, response.text
@@ -107,3 +109,22 @@ async def test_over_the_backlog_limit_submissions_wait_then_get_503(
 
 async def _at_least(system: System, items: int) -> bool:
     return await _backlog(system) >= items
+
+
+def _count_backlog_reads(system: System) -> list[int]:
+    """From now on, every backlog reading of the gateway's admission control: the backlog each one saw."""
+    admission = system.app.intake.admission
+    read = admission._backlog
+    seen: list[int] = []
+
+    async def counted() -> int:
+        backlog = await read()
+        seen.append(backlog)
+        return backlog
+
+    admission._backlog = counted
+    return seen
+
+
+async def _at_least_reads(seen: list[int], count: int) -> bool:
+    return len(seen) >= count

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from squall.core.embedded import NatsServer, PostgresServer
+from squall.cli.embedded import NatsServer, PostgresServer
 from tests.integration.harness import System, make_settings, wait_for
 
 

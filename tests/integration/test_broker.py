@@ -15,7 +15,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from squall.core import broker, events
 from squall.core.settings import Settings
-from tests.integration.harness import make_settings
+from tests.integration.harness import make_settings, wait_for
 
 
 @pytest.fixture
@@ -120,7 +120,11 @@ async def test_puller_takes_what_is_there_then_waits_for_more(nc: Client) -> Non
     assert 0.25 < loop.time() - started < 2.5
 
     later = asyncio.create_task(puller.fetch(3, 5.0))
-    await asyncio.sleep(0.2)
+
+    async def pull_waiting() -> bool:  # the fetch's pull request waits at the server for a message
+        return (await js.consumer_info("PULLS", "work")).num_waiting == 1
+
+    await wait_for(pull_waiting, timeout=5, what="the fetch waiting")
     await js.publish("pulls.x", b"late")
     assert [m.data for m in await asyncio.wait_for(later, 5)] == [b"late"]  # delivered as it arrives
     assert (await js.consumer_info("PULLS", "work")).num_ack_pending == 1

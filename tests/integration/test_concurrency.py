@@ -13,9 +13,11 @@ import nats
 import pytest
 from prometheus_client import REGISTRY
 
-from squall.core import broker, events, store
-from squall.core.embedded import free_port
+from squall.cli.embedded import free_port
+from squall.core import broker, events
 from squall.core.http import start_ops_server
+from squall.core.lifecycle import Resources
+from squall.core.store import intake
 from squall.processor.worker import Processor
 from tests.integration import effect_processings
 from tests.integration.harness import System, make_settings, plain_dsn, wait_for
@@ -79,9 +81,20 @@ async def test_redelivered_request_event_records_items_once(system: System) -> N
         return bool((await system.request_state("twice"))["recorded"])
 
     await wait_for(recorded, what="recorded")
-    await asyncio.sleep(0.5)
+    await wait_for(lambda: _requests_consumed(system), what="both events consumed")
     assert await system.recorded_items() == 10
     assert await system.fetchval("SELECT attempts FROM tasks WHERE kind = 'request'") == 1
+
+
+async def _requests_consumed(system: System) -> bool:
+    """Every request event in the stream was delivered and acknowledged: whatever a copy could have done
+    (record again, fail a batch), it has done it."""
+    nc = await nats.connect(system.settings.nats_url)
+    try:
+        info = await nc.jetstream().consumer_info(events.REQUESTS_STREAM, events.REQUESTS_CONSUMER)
+    finally:
+        await nc.close()
+    return info.num_pending == 0 and info.num_ack_pending == 0
 
 
 async def test_duplicate_events_in_one_fetch_record_once(system: System) -> None:
@@ -104,7 +117,7 @@ async def test_duplicate_events_in_one_fetch_record_once(system: System) -> None
         return bool((await system.request_state("dup"))["recorded"])
 
     await wait_for(recorded, what="recorded")
-    await asyncio.sleep(0.5)
+    await wait_for(lambda: _requests_consumed(system), what="every copy consumed")
     assert await system.recorded_items() == 5
     # Recorded in the first attempt: the copies did not make the batch's transaction fail.
     after = REGISTRY.get_sample_value("squall_task_redeliveries_total", {"kind": "request"}) or 0.0
@@ -116,9 +129,9 @@ async def test_accepted_request_whose_event_was_never_published_is_recovered(sys
     event = events.RequestSubmitted(
         task_id=uuid.uuid4(), rid="orphan", items=[events.Item(number=5, job="mul")]
     )
-    submitted = store.Submitted.of_event(event, False, event.model_dump_json().encode())
-    [accepted] = await store.accept_requests(system.engine, [submitted])
-    assert isinstance(accepted, store.Accepted) and accepted.created
+    submitted = intake.Submitted.of_event(event, False, event.model_dump_json().encode())
+    [accepted] = await intake.accept_requests(system.engine, [submitted])
+    assert isinstance(accepted, intake.Accepted) and accepted.created
     processor = system.processors[0].processor
     assert await processor.republish_lost(older_than_seconds=0) == 1
     await system.start_scheduler()
@@ -133,7 +146,9 @@ async def test_no_republish_while_the_queue_has_a_backlog(system: System) -> Non
     await system.submit({"rid": "queued", "items": [{"number": 1, "job": "sum"}]})
     nc = await broker.connect(system.settings, "idle")
     try:
-        idle = Processor(system.settings, system.registry, system.engine, nc, "idle")  # not consuming
+        idle = Processor(
+            system.settings, Resources("idle", system.registry, system.engine, nc)
+        )  # not consuming
         assert await idle.republish_lost(older_than_seconds=0) == 0
     finally:
         await nc.close()
@@ -177,18 +192,18 @@ async def test_a_stuck_batch_makes_the_processor_not_ready(
         await blocker.close()
 
 
-def _submitted(rid: str, numbers: list[int]) -> store.Submitted:
+def _submitted(rid: str, numbers: list[int]) -> intake.Submitted:
     event = events.RequestSubmitted(
         task_id=uuid.uuid4(), rid=rid, items=[events.Item(number=n, job="mul") for n in numbers]
     )
-    return store.Submitted.of_event(event, False, event.model_dump_json().encode())
+    return intake.Submitted.of_event(event, False, event.model_dump_json().encode())
 
 
 async def test_one_intake_statement_sorts_new_repeated_and_conflicting_rids(system: System) -> None:
     """Group commit: a batch holding a rid twice (same items), a clash (other items) and an earlier rid
     answers each as if it had been written alone."""
-    [earlier] = await store.accept_requests(system.engine, [_submitted("earlier", [1])])
-    assert isinstance(earlier, store.Accepted)
+    [earlier] = await intake.accept_requests(system.engine, [_submitted("earlier", [1])])
+    assert isinstance(earlier, intake.Accepted)
     batch = [
         _submitted("a", [1, 2]),
         _submitted("a", [1, 2]),
@@ -197,15 +212,15 @@ async def test_one_intake_statement_sorts_new_repeated_and_conflicting_rids(syst
         _submitted("earlier", [1]),
         _submitted("earlier", [2]),
     ]
-    a, a_again, a_clash, b, earlier_again, earlier_clash = await store.accept_requests(system.engine, batch)
-    assert isinstance(a, store.Accepted) and a.created and a.task_id == batch[0].task_id
-    assert isinstance(a_again, store.Accepted) and not a_again.created and a_again.task_id == a.task_id
+    a, a_again, a_clash, b, earlier_again, earlier_clash = await intake.accept_requests(system.engine, batch)
+    assert isinstance(a, intake.Accepted) and a.created and a.task_id == batch[0].task_id
+    assert isinstance(a_again, intake.Accepted) and not a_again.created and a_again.task_id == a.task_id
     assert a_again.payload == batch[0].payload  # the first one's event, to publish again
-    assert isinstance(a_clash, store.RidConflict)
-    assert isinstance(b, store.Accepted) and b.created
-    assert isinstance(earlier_again, store.Accepted) and earlier_again.task_id == earlier.task_id
+    assert isinstance(a_clash, intake.RidConflict)
+    assert isinstance(b, intake.Accepted) and b.created
+    assert isinstance(earlier_again, intake.Accepted) and earlier_again.task_id == earlier.task_id
     assert not earlier_again.created
-    assert isinstance(earlier_clash, store.RidConflict)
+    assert isinstance(earlier_clash, intake.RidConflict)
     assert await system.fetchval("SELECT count(*) FROM requests") == 3
     assert await system.fetchval("SELECT count(*) FROM tasks WHERE kind = 'request'") == 3
 
@@ -264,14 +279,6 @@ async def test_immediate_items_are_counted_once_whatever_copies_of_their_event_a
     assert done() - before == 5
     await publish_copies("copy-late")  # recorded already: acked, nothing written or counted
 
-    async def consumed() -> bool:
-        nc = await nats.connect(system.settings.nats_url)
-        try:
-            info = await nc.jetstream().consumer_info(events.REQUESTS_STREAM, events.REQUESTS_CONSUMER)
-        finally:
-            await nc.close()
-        return info.num_pending == 0 and info.num_ack_pending == 0
-
-    await wait_for(consumed, what="the late copy consumed")
+    await wait_for(lambda: _requests_consumed(system), what="the late copy consumed")
     assert done() - before == 5
     assert await system.recorded_items() == 5

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from squall.core.embedded import free_port
+from squall.cli.embedded import free_port
 from tests.integration.harness import ROOT, wait_for
 from tests.observability.observability import (
     DASHBOARDS,
@@ -70,7 +70,7 @@ def running_services(nats_url: str, database_url: str, tmp_path: Path) -> Iterat
             with open(tmp_path / f"{role}.log", "wb") as log:
                 processes.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "squall.core.cli", role], env=env, stdout=log, stderr=log
+                        [sys.executable, "-m", "squall.cli", role], env=env, stdout=log, stderr=log
                     )
                 )
             urls[role] = f"http://127.0.0.1:{port}"

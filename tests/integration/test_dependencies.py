@@ -9,7 +9,7 @@ import pytest
 import tornado.httpserver
 import tornado.web
 
-from squall.core.embedded import free_port
+from squall.cli.embedded import free_port
 from tests.integration.harness import System, make_settings, wait_for
 
 

@@ -30,7 +30,28 @@ def dev(tmp_path: Path) -> Iterator[Dev]:
 @pytest.mark.slow
 def test_dev_runs_everything_and_stops_cleanly(dev: Dev) -> None:
     process, state, url = dev.process, dev.state, dev.url
-    table = processes(state)
+    _check_every_service_up(processes(state))
+
+    env = {**os.environ, "SQUALL_URL": url}
+    _check_submit_and_status(env)
+    # A large submission from a file (stdin here) is split into requests of --chunk items.
+    _check_chunked_submission(env)
+    missing = subprocess.run([*SQUALL, "status", "--rid", "nope"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 1 and "404" in missing.stderr
+
+    # A child that dies is restarted.
+    _kill_processor_and_wait_restarted(state)
+
+    # Ctrl-C / SIGTERM stops everything and removes the state file.
+    pids = [p["pid"] for p in processes(state)]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    wait_until(lambda: not any(alive(pid) for pid in pids), 10, "every child gone")
+    assert not state.exists()
+
+
+def _check_every_service_up(table: list[dict[str, Any]]) -> None:
+    """One process of each kind, alive; each of squall's own serves its health, readiness and metrics."""
     assert sorted(p["service"] for p in table) == ["gateway", "nats", "postgres", "processor", "scheduler"]
     for entry in table:
         assert isinstance(entry["pid"], int) and alive(entry["pid"])
@@ -41,7 +62,9 @@ def test_dev_runs_everything_and_stops_cleanly(dev: Dev) -> None:
                     lambda u=f"http://127.0.0.1:{port}{path}": httpx.get(u).status_code == 200, 20, path
                 )
 
-    env = {**os.environ, "SQUALL_URL": url}
+
+def _check_submit_and_status(env: dict[str, str]) -> None:
+    """``squall submit`` a request, then ``squall status`` finds it by rid (waiting) and by task id."""
     submitted = subprocess.run(
         [*SQUALL, "submit", "1", "2", "3", "--job", "sum", "--rid", "cli-1"],
         env=env,
@@ -69,7 +92,9 @@ def test_dev_runs_everything_and_stops_cleanly(dev: Dev) -> None:
         timeout=30,
     )
     assert json.loads(task.stdout)["state"] == "succeeded"
-    # A large submission from a file (stdin here) is split into requests of --chunk items.
+
+
+def _check_chunked_submission(env: dict[str, str]) -> None:
     chunked = subprocess.run(
         [*SQUALL, "submit", "--file", "-", "--chunk", "2", "--rid", "big", "--job", "mul"],
         input="1 2\n3,4\n5\n",
@@ -90,10 +115,9 @@ def test_dev_runs_everything_and_stops_cleanly(dev: Dev) -> None:
         timeout=60,
     )
     assert [i["result"] for i in json.loads(last.stdout)["items"]] == [10]
-    missing = subprocess.run([*SQUALL, "status", "--rid", "nope"], env=env, capture_output=True, text=True)
-    assert missing.returncode == 1 and "404" in missing.stderr
 
-    # A child that dies is restarted.
+
+def _kill_processor_and_wait_restarted(state: Path) -> None:
     old = next(p["pid"] for p in processes(state) if p["service"] == "processor")
     os.kill(old, signal.SIGKILL)
     new = wait_until(
@@ -105,13 +129,6 @@ def test_dev_runs_everything_and_stops_cleanly(dev: Dev) -> None:
         "processor restarted",
     )
     assert alive(new)
-
-    # Ctrl-C / SIGTERM stops everything and removes the state file.
-    pids = [p["pid"] for p in processes(state)]
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 0
-    wait_until(lambda: not any(alive(pid) for pid in pids), 10, "every child gone")
-    assert not state.exists()
 
 
 @pytest.mark.slow

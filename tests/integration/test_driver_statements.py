@@ -1,4 +1,4 @@
-"""The hottest statements run on asyncpg's connection under SQLAlchemy's pool (store.fetch_on_driver):
+"""The hottest statements run on asyncpg's connection under SQLAlchemy's pool (driver.fetch_on_driver):
 a connection lost under them fails that statement alone, as unavailable, and is not handed out again."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from squall.core import db, http, store
+from squall.core import db, http
+from squall.core.store import intake, recording
 from tests.integration.harness import make_settings
 
 
-def submitted() -> store.Submitted:
-    return store.Submitted(
+def submitted() -> intake.Submitted:
+    return intake.Submitted(
         uuid.uuid4(), f"driver-{uuid.uuid4().hex}", False, [{"number": 1, "job": "sum"}], b"{}"
     )
 
@@ -25,7 +26,7 @@ async def test_a_lost_connection_fails_one_statement_and_the_next_gets_a_new_one
     backend = text("SELECT pg_backend_pid()")
     try:
         first = submitted()
-        assert [a.task_id for a in await store.accept_requests(hot, [first])] == [first.task_id]
+        assert [a.task_id for a in await intake.accept_requests(hot, [first])] == [first.task_id]
         async with hot.connect() as conn:
             pid = (await conn.execute(backend)).scalar_one()
         async with admin.connect() as conn:
@@ -34,15 +35,15 @@ async def test_a_lost_connection_fails_one_statement_and_the_next_gets_a_new_one
             assert (await conn.execute(ended, {"p": pid})).scalar_one()
 
         with pytest.raises(Exception) as lost:
-            await store.accept_requests(hot, [submitted()])
+            await intake.accept_requests(hot, [submitted()])
         assert http.is_unavailable(lost.value), repr(lost.value)
 
         again = submitted()
-        accepted = await store.accept_requests(hot, [again])
+        accepted = await intake.accept_requests(hot, [again])
         assert [(a.task_id, a.created) for a in accepted] == [(again.task_id, True)]
         async with hot.connect() as conn:
             assert (await conn.execute(backend)).scalar_one() != pid
-        recorded = await store.record_requests(hot, [again.task_id], store.NewItems(), {})
+        recorded = await recording.record_requests(hot, [again.task_id], recording.NewItems(), {})
         assert [r.task_id for r in recorded] == [again.task_id]
     finally:
         await hot.dispose()

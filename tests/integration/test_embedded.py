@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from squall.core import embedded
-from squall.core.embedded import EmbeddedError, NatsServer
+from squall.cli import embedded
+from squall.cli.embedded import EmbeddedError, NatsServer
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from squall.core.embedded import NatsServer, PostgresServer
+from squall.cli.embedded import NatsServer, PostgresServer
 from tests.integration.harness import LogRecords, SteadyLoad, System, make_settings, wait_for
 
 

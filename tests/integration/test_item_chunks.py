@@ -12,8 +12,9 @@ import asyncpg
 from alembic import command
 from prometheus_client import REGISTRY
 
-from squall.core import db, migrate, store
+from squall.core import db, migrate
 from squall.core.settings import load_settings
+from squall.core.store import polling
 from tests.integration import effect_processings
 from tests.integration.harness import System, make_settings, plain_dsn, wait_for
 
@@ -140,8 +141,8 @@ async def test_a_poll_takes_whole_chunks_up_to_its_batch_size_and_skips_locked_o
     try:
         a, b, c = await _add_chunks(setup, "sum", [60, 60, 30])
 
-        async def take(conn: object, limit: int) -> store.Claimed:
-            return await store.lock_items(conn, "sum", uuid.uuid4(), limit)  # type: ignore[arg-type]
+        async def take(conn: object, limit: int) -> polling.Claimed:
+            return await polling.lock_items(conn, "sum", uuid.uuid4(), limit)  # type: ignore[arg-type]
 
         async with engine.connect() as conn:
             async with conn.begin():
@@ -194,7 +195,7 @@ async def test_a_leased_claim_turns_chunks_into_pending_items_first(database_url
         a, b = await _add_chunks(setup, "sum", [3, 2])
         task = uuid.uuid4()
         async with engine.begin() as conn:
-            claimed = await store.claim_items(conn, "sum", task, 4, lease_seconds=60)
+            claimed = await polling.claim_items(conn, "sum", task, 4, lease_seconds=60)
         # Whole chunks up to the batch: b's two items would exceed it and stay a chunk.
         assert sorted(claimed.rows) == [(a, 0), (a, 1), (a, 2)] and sorted(claimed.numbers) == [0, 1, 2]
         rows = await setup.fetch("SELECT request_task_id, position, state, claim_task_id FROM items")
@@ -205,7 +206,7 @@ async def test_a_leased_claim_turns_chunks_into_pending_items_first(database_url
         ]
         assert await setup.fetchval("SELECT request_task_id FROM item_chunks") == b
         async with engine.begin() as conn:
-            claimed = await store.claim_items(conn, "sum", uuid.uuid4(), 4, lease_seconds=60)
+            claimed = await polling.claim_items(conn, "sum", uuid.uuid4(), 4, lease_seconds=60)
         assert sorted(claimed.rows) == [(b, 0), (b, 1)] and sorted(claimed.numbers) == [1000, 1001]
         assert await setup.fetchval("SELECT count(*) FROM item_chunks") == 0
     finally:
@@ -218,7 +219,7 @@ async def test_a_failed_locked_batch_leaves_its_items_pending_for_a_retry(
 ) -> None:
     effect_processings.FLAKY_LOCKED_CALLS.clear()
     system = await _system(nats_url, database_url, system_factory)
-    # Enough items for a chunk (store.CHUNK_MIN_ITEMS): the failure turns it into pending item rows.
+    # Enough items for a chunk (item_rules.CHUNK_MIN_ITEMS): the failure turns it into pending item rows.
     await system.submit({"rid": "f", "items": [{"number": n, "job": "flaky_locked"} for n in range(10)]})
 
     async def recorded() -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from bench.k6run import k6_binary
 
-from squall.core import auth
+from squall.gateway import auth
 from tests.integration.harness import ROOT, System, make_settings
 
 K6_DIR = ROOT / "loadtest" / "k6"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from squall.cli.embedded import NatsServer
 from squall.core import broker
-from squall.core.embedded import NatsServer
 from tests.integration.harness import make_settings
 
 
@@ -80,7 +80,7 @@ async def test_mutual_tls(tmp_path: Path, database_url: str) -> None:
 
 
 async def test_an_unreachable_server_ends_the_wait(database_url: str) -> None:
-    from squall.core.embedded import free_port
+    from squall.cli.embedded import free_port
 
     with pytest.raises(broker.NatsUnavailable, match="not reachable within"):
         await _connects(f"nats://127.0.0.1:{free_port()}", database_url, connect_timeout_seconds=0.5)

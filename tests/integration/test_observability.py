@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from squall.core import broker
 from squall.core.db import create_engine
+from squall.core.lifecycle import Resources
 from squall.core.logs import JsonFormatter
 from squall.processor.worker import Processor
 from tests.integration import effect_processings
@@ -29,7 +30,7 @@ async def test_queue_depths_show_a_backlog_and_its_drain(system: System) -> None
     # A processor that samples but does not consume (its loops are not running).
     nc = await broker.connect(system.settings, "sampler")
     system.stack.push_async_callback(nc.close)
-    sampler = Processor(system.settings, system.registry, system.engine, nc, "sampler")
+    sampler = Processor(system.settings, Resources("sampler", system.registry, system.engine, nc))
     assert await sampler.sample_queues()
     samples = await scrape(system)
     assert value(samples, "squall_queue_pending_messages", consumer="processor-requests") == 7
@@ -48,7 +49,7 @@ async def test_queue_depths_show_a_backlog_and_its_drain(system: System) -> None
 
 async def test_queue_sampling_failure_keeps_the_processor_working(system: System) -> None:
     nc = await broker.connect(system.settings, "sampler")
-    sampler = Processor(system.settings, system.registry, system.engine, nc, "sampler")
+    sampler = Processor(system.settings, Resources("sampler", system.registry, system.engine, nc))
     await nc.close()  # every consumer-info request now fails
     assert await sampler.sample_queues() is False
     await system.submit({"rid": "after", "items": [{"number": 1, "job": "square"}]})

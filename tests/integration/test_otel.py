@@ -25,16 +25,18 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
+from squall.cli.embedded import free_port
 from squall.core import events, otel
-from squall.core.embedded import free_port
 from squall.core.settings import OtelSettings, Settings
 from squall.gateway import validation
-from squall.gateway.app import SUBMIT_ROUTE, begin_intake_trace, submit
+from squall.gateway.handlers import SUBMIT_ROUTE, begin_intake_trace
 from tests.integration import effect_processings
 from tests.integration.harness import ROOT, LogRecords, ServiceProcesses, System, make_settings, wait_for
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
+# A trace its client does not sample (flags 00).
+UNSAMPLED_TRACE = "0af7651916cd43dd8448eb211c80319c"
 
 
 @dataclass(frozen=True)
@@ -156,24 +158,7 @@ async def test_one_trace_covers_client_gateway_nats_and_processor(
 ) -> None:
     immediate = {"sum": {"mode": "immediate"}}
     system = await system_factory(make_settings(nats_url, database_url, processings=immediate))
-    response = await system.client.post(
-        "/v1/requests",
-        json={"rid": "traced", "items": [{"number": 2, "job": "sum"}]},
-        headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"},
-    )
-    assert response.status_code == 202
-    task_id = response.json()["task_id"]
-    # The original contract's route, without a traceparent: a trace of its own.
-    legacy = await system.client.post("/number_request", json={"rid": 7, "numbers": [5], "jobtodo": ["sum"]})
-    assert legacy.status_code == 201, legacy.text
-    # A client that does not sample its trace: nothing of it is exported, anywhere.
-    unsampled_trace = "0af7651916cd43dd8448eb211c80319c"
-    response = await system.client.post(
-        "/v1/requests",
-        json={"rid": "unsampled", "items": [{"number": 3, "job": "sum"}]},
-        headers={"traceparent": f"00-{unsampled_trace}-b7ad6b7169203331-00"},
-    )
-    assert response.status_code == 202
+    task_id = await _submit_traced_legacy_and_unsampled(system)
     for rid in ("traced", 7, "unsampled"):
         await system.wait_processed(rid)
 
@@ -184,6 +169,50 @@ async def test_one_trace_covers_client_gateway_nats_and_processor(
     await wait_for(all_spans, what="the spans at the receiver")
 
     # client → gateway (server span) → publish (producer span) → processor (consumer span): one trace.
+    server, consumer = _check_client_trace(receiver, task_id)
+    assert all(s.status != Status.STATUS_CODE_ERROR for s in receiver.spans)
+
+    # The log lines carry the ids of the exported spans.
+    (accepted,) = records.find("request accepted", rid="traced")
+    assert (accepted.__dict__["trace_id"], accepted.__dict__["span_id"]) == (CLIENT_TRACE, server.span_id)
+    (recorded,) = records.find("request recorded and processed", rid="traced")
+    assert (recorded.__dict__["trace_id"], recorded.__dict__["span_id"]) == (CLIENT_TRACE, consumer.span_id)
+
+    # The legacy route: a new trace whose root is the gateway's server span.
+    _check_legacy_route_trace(receiver)
+
+    assert receiver.of_trace(UNSAMPLED_TRACE) == []
+    (unsampled,) = records.find("request recorded and processed", rid="unsampled")
+    assert unsampled.__dict__["trace_id"] == UNSAMPLED_TRACE  # still followed in the logs
+    assert receiver.content_types == {"application/x-protobuf"}
+
+
+async def _submit_traced_legacy_and_unsampled(system: System) -> str:
+    """Submit a request in the client's trace, one on the legacy route and one in an unsampled trace;
+    the first one's task id."""
+    response = await system.client.post(
+        "/v1/requests",
+        json={"rid": "traced", "items": [{"number": 2, "job": "sum"}]},
+        headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"},
+    )
+    assert response.status_code == 202
+    task_id: str = response.json()["task_id"]
+    # The original contract's route, without a traceparent: a trace of its own.
+    legacy = await system.client.post("/number_request", json={"rid": 7, "numbers": [5], "jobtodo": ["sum"]})
+    assert legacy.status_code == 201, legacy.text
+    # A client that does not sample its trace: nothing of it is exported, anywhere.
+    response = await system.client.post(
+        "/v1/requests",
+        json={"rid": "unsampled", "items": [{"number": 3, "job": "sum"}]},
+        headers={"traceparent": f"00-{UNSAMPLED_TRACE}-b7ad6b7169203331-00"},
+    )
+    assert response.status_code == 202
+    return task_id
+
+
+def _check_client_trace(receiver: OtlpReceiver, task_id: str) -> tuple[ReceivedSpan, ReceivedSpan]:
+    """The client's trace holds exactly the gateway's server and producer spans and the processor's
+    consumer span, each the child of the one before; the server and consumer spans."""
     server = receiver.one(kind=SERVER, trace_id=CLIENT_TRACE)
     assert server.name == "POST /v1/requests"
     assert server.parent_span_id == CLIENT_SPAN
@@ -213,15 +242,10 @@ async def test_one_trace_covers_client_gateway_nats_and_processor(
         producer.span_id,
         consumer.span_id,
     }
-    assert all(s.status != Status.STATUS_CODE_ERROR for s in receiver.spans)
+    return server, consumer
 
-    # The log lines carry the ids of the exported spans.
-    (accepted,) = records.find("request accepted", rid="traced")
-    assert (accepted.__dict__["trace_id"], accepted.__dict__["span_id"]) == (CLIENT_TRACE, server.span_id)
-    (recorded,) = records.find("request recorded and processed", rid="traced")
-    assert (recorded.__dict__["trace_id"], recorded.__dict__["span_id"]) == (CLIENT_TRACE, consumer.span_id)
 
-    # The legacy route: a new trace whose root is the gateway's server span.
+def _check_legacy_route_trace(receiver: OtlpReceiver) -> None:
     legacy_server = receiver.one(kind=SERVER, attributes={"http.route": "/number_request"})
     assert legacy_server.parent_span_id == ""
     assert legacy_server.attributes["squall.rid"] == "7"
@@ -229,11 +253,6 @@ async def test_one_trace_covers_client_gateway_nats_and_processor(
     assert legacy_producer.parent_span_id == legacy_server.span_id
     legacy_consumer = receiver.one(kind=CONSUMER, trace_id=legacy_server.trace_id)
     assert legacy_consumer.parent_span_id == legacy_producer.span_id
-
-    assert receiver.of_trace(unsampled_trace) == []
-    (unsampled,) = records.find("request recorded and processed", rid="unsampled")
-    assert unsampled.__dict__["trace_id"] == unsampled_trace  # still followed in the logs
-    assert receiver.content_types == {"application/x-protobuf"}
 
 
 async def test_requests_published_together_keep_a_trace_each(
@@ -255,7 +274,7 @@ async def test_requests_published_together_keep_a_trace_each(
         span = begin_intake_trace(SUBMIT_ROUTE, f"00-{traces[index]}-{CLIENT_SPAN}-01")
         body = {"rid": f"t-{index}", "items": [{"number": index, "job": "sum"}]}
         sub = validation.parse_submission(body, system.registry, gw.max_items, gw.max_rid_length)
-        await submit(system.app, sub)
+        await system.app.intake.submit(sub)
         assert span is not None
         otel.end_server(span, 202)
 
@@ -346,7 +365,7 @@ async def test_a_replay_traces_into_the_poll_task(
 # it to be processed; then prints the OpenTelemetry modules loaded.
 _DISABLED_RUN = """
 import asyncio, contextlib, json, sys
-import squall.core.cli, squall.core.lifecycle, squall.scheduler.service
+import squall.cli.main, squall.core.lifecycle, squall.scheduler.service
 from squall.core import otel
 from tests.integration.harness import make_settings, start_system
 

@@ -10,10 +10,11 @@ import nats
 import orjson
 import pytest
 
-from squall.core import events, store
+from squall.core import events
 from squall.core.settings import Settings
+from squall.core.store import intake
 from squall.gateway import validation
-from squall.gateway.app import OUTBOX_BYTES, submit
+from squall.gateway.intake import OUTBOX_BYTES
 from tests.integration.harness import System, make_settings, wait_for
 
 EXPECTED = {"sum": lambda n: n + 2, "mul": lambda n: n * 2, "square": lambda n: n * n}
@@ -185,7 +186,7 @@ async def test_requests_accepted_together_share_one_message_and_each_is_recorded
     try:
         js = nc.jetstream()
         before = (await js.stream_info(events.REQUESTS_STREAM)).state.last_seq
-        accepted = await asyncio.gather(*(submit(system.app, sub) for sub in subs))
+        accepted = await asyncio.gather(*(system.app.intake.submit(sub) for sub in subs))
         assert all(a.created for a in accepted)
         last = (await js.stream_info(events.REQUESTS_STREAM)).state.last_seq
         assert last - before == 1  # the callers arrived together: one INSERT, then one publish
@@ -214,8 +215,10 @@ async def test_a_group_too_large_for_one_message_is_split(system: System) -> Non
     items = [{"number": n, "job": "sum"} for n in range(1000)]
     subs = _submissions(system, [{"rid": f"large-{i}", "items": items} for i in range(24)])
     js = system.app.nc.jetstream()
+    # The stream is a work queue: a processor's ack removes a message, so none runs while they are read.
+    await system.stop_processors()
     before = (await js.stream_info(events.REQUESTS_STREAM)).state.last_seq
-    accepted = await asyncio.gather(*(submit(system.app, sub) for sub in subs))
+    accepted = await asyncio.gather(*(system.app.intake.submit(sub) for sub in subs))
     last = (await js.stream_info(events.REQUESTS_STREAM)).state.last_seq
     assert 2 <= last - before < len(subs)
     carried = []
@@ -224,6 +227,7 @@ async def test_a_group_too_large_for_one_message_is_split(system: System) -> Non
         assert data is not None and len(data) <= OUTBOX_BYTES
         carried += [event.task_id for event, _ in events.read_request_events(data)]
     assert carried == [a.task_id for a in accepted]
+    await system.start_processor()
     await wait_for(lambda: _settled(js), what="the messages acked")
     recorded = await system.fetchval(
         "SELECT count(*) FROM requests WHERE rid LIKE 'large-%' AND recorded_at IS NOT NULL"
@@ -237,7 +241,9 @@ async def test_a_malformed_batch_is_dropped_and_its_requests_republished_by_the_
     task_id = uuid.uuid4()
     items: list[events.ItemFields] = [{"number": 5, "job": "sum"}]
     payload = events.request_submitted_json(task_id, "swept", items)
-    await store.accept_requests(system.hot_engine, [store.Submitted(task_id, "swept", False, items, payload)])
+    await intake.accept_requests(
+        system.hot_engine, [intake.Submitted(task_id, "swept", False, items, payload)]
+    )
     bad = {"v": 1, "task_id": str(uuid.uuid4()), "rid": "bad", "items": [{"number": 1}]}
     batch = orjson.dumps(
         {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from squall.core import events, store
+from squall.core import events
+from squall.core.store import intake, item_rules, recording, scheduling
 from tests.integration.harness import System
 
 
@@ -13,22 +14,22 @@ async def _pending_items(system: System, count: int) -> None:
     task_id = uuid.uuid4()
     items_in = [events.Item(number=n, job="mul") for n in range(count)]
     event = events.RequestSubmitted(task_id=task_id, rid=f"backlog-{task_id}", items=items_in)
-    await store.accept_requests(system.engine, [store.Submitted.of_event(event, False, b"{}")])
-    items = store.NewItems()
-    items.add(task_id, list(range(count)), ["mul"] * count, [store.PENDING] * count)
-    [recorded] = await store.record_requests(system.engine, [task_id], items, {})
+    await intake.accept_requests(system.engine, [intake.Submitted.of_event(event, False, b"{}")])
+    items = recording.NewItems()
+    items.add(task_id, list(range(count)), ["mul"] * count, [item_rules.PENDING] * count)
+    [recorded] = await recording.record_requests(system.engine, [task_id], items, {})
     assert not recorded.processed
 
 
 async def _needed(system: System, batch_size: int, max_batches: int) -> int:
     async with system.engine.begin() as conn:
-        return await store.poll_tasks_needed(conn, "mul", batch_size, max_batches)
+        return await scheduling.poll_tasks_needed(conn, "mul", batch_size, max_batches)
 
 
 async def _queue_poll_tasks(system: System, count: int) -> list[uuid.UUID]:
     ids = [uuid.uuid4() for _ in range(count)]
     async with system.engine.begin() as conn:
-        await store.record_poll_tasks(conn, [(i, "mul", 2) for i in ids])
+        await scheduling.record_poll_tasks(conn, [(i, "mul", 2) for i in ids])
     return ids
 
 

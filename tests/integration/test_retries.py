@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Awaitable, Callable
 
 from tests.integration import effect_processings
@@ -37,7 +36,11 @@ async def test_retryable_failure_waits_its_backoff_then_succeeds(
     # Backoff: 0.5 s x 2^0, +-20 %.
     waits = [(r["not_before"] - r["updated_at"]).total_seconds() for r in rows]
     assert all(0.39 <= w <= 0.61 for w in waits), waits
-    # Within the backoff, a poll claims nothing; after it, the items are retried and done.
+    # Within the backoff, a poll claims nothing; after it, the items are retried and done. The backoff is
+    # held an hour away while the early poll runs (0.5 s could pass before it claims on a slow machine),
+    # then given back its own end.
+    not_before = {r["position"]: r["not_before"] for r in await system.fetch(_NOT_BEFORE)}
+    await system.fetchval("UPDATE items SET not_before = now() + interval '1 hour'")
     early = await system.publish_poll("flaky", batch_size=100)
 
     async def finished(task_id: object) -> dict[str, object] | None:
@@ -45,14 +48,22 @@ async def test_retryable_failure_waits_its_backoff_then_succeeds(
         return task if task["state"] in ("succeeded", "failed") else None
 
     early_task = await wait_for(lambda: finished(early), what="the early poll")
-    if await system.fetchval("SELECT min(not_before) FROM all_items") > dt.datetime.now(dt.UTC):
-        assert early_task["items_processed"] == 0
+    assert early_task["state"] == "succeeded" and early_task["items_processed"] == 0, early_task
+    rows = await system.fetch("SELECT state, attempts FROM all_items")
+    assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 1)] * 3
+    assert len(effect_processings.FLAKY_CALLS) == 1
+    for position, moment in not_before.items():
+        await system.fetchval("UPDATE items SET not_before = $1 WHERE position = $2", moment, position)
+    assert {r["position"]: r["not_before"] for r in await system.fetch(_NOT_BEFORE)} == not_before
     await wait_for(lambda: _not_before_passed(system), what="the backoff to pass", timeout=5)
     await system.publish_poll("flaky", batch_size=100)
     state = await system.wait_processed("f")
     assert [i["result"] for i in state["items"]] == [0, 10, 20]
     assert await system.fetchval("SELECT max(attempts) FROM all_items") == 2
     assert len(effect_processings.FLAKY_CALLS) == 2
+
+
+_NOT_BEFORE = "SELECT position, not_before FROM items"
 
 
 async def _not_before_passed(system: System) -> bool:

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULE = "tests.integration.effect_processings"
 INTERVAL = 0.2
 LEASE = 3.0
+# A leader kill: (monotonic, wall clock, epoch before).
+_Kill = tuple[float, dt.datetime, int]
 
 
 class Replicas(ServiceProcesses):
@@ -62,13 +64,51 @@ async def test_leader_killed_repeatedly_every_tick_once(
     system = await system_factory(settings, processors=1)
     for _ in range(3):
         replicas.start()
+    await wait_for(lambda: _leader(system), timeout=30, what="a leader")
+    kills = await _kill_leaders_while_feeding(system, replicas)
 
-    async def leader() -> str | None:
-        return await system.fetchval(  # type: ignore[no-any-return]
-            "SELECT holder FROM scheduler_leader WHERE expires_at > now()"
-        )
+    async def all_processed() -> bool:
+        return bool(await system.fetchval("SELECT bool_and(processed) FROM requests"))
 
-    await wait_for(leader, timeout=30, what="a leader")
+    await wait_for(all_processed, timeout=30, interval=0.25, what="every request processed")
+    replicas.stop_all()
+
+    ticks = await system.fetch(
+        "SELECT due_at, outcome, tasks, leader_epoch, emitted_at FROM schedule_ticks "
+        "WHERE schedule = 'record' ORDER BY due_at"
+    )
+    assert len(ticks) >= 300, len(ticks)
+    # No tick lost: the due times form one unbroken series, each recorded once.
+    gaps = {round((b["due_at"] - a["due_at"]).total_seconds(), 6) for a, b in itertools.pairwise(ticks)}
+    assert gaps == {INTERVAL}, gaps
+    _check_missed_ticks_follow_run_once(ticks)
+    near_kills = sum(
+        1
+        for t in ticks
+        if t["outcome"] == "missed"
+        and any(0 <= (t["due_at"] - k).total_seconds() < LEASE + 1 for _, k, _ in kills)
+    )
+    # No tick processed twice: one poll task per emitted batch, each run exactly once.
+    await _check_each_tick_processed_once(system, ticks)
+    failovers = _failover_seconds(ticks, kills)
+    assert len(kills) >= 4
+    assert max(failovers) < 5.0, failovers
+    outcomes = Counter(t["outcome"] for t in ticks)
+    print(
+        f"\nscheduler failover: {len(ticks)} ticks {dict(outcomes)}, {len(kills)} leader kills, "
+        f"failover seconds {[round(f, 2) for f in failovers]} (max {max(failovers):.2f}); "
+        f"{near_kills} of the missed ticks fell within a failover"
+    )
+
+
+async def _leader(system: System) -> str | None:
+    return await system.fetchval(  # type: ignore[no-any-return]
+        "SELECT holder FROM scheduler_leader WHERE expires_at > now()"
+    )
+
+
+async def _kill_leaders_while_feeding(system: System, replicas: Replicas) -> list[_Kill]:
+    """For 66 s, SIGKILL the leader every 11 s and start a replacement while requests keep coming."""
     feeding = True
 
     async def feed() -> None:
@@ -81,12 +121,12 @@ async def test_leader_killed_repeatedly_every_tick_once(
             await asyncio.sleep(0.1)
 
     feeder = asyncio.create_task(feed())
-    kills: list[tuple[float, dt.datetime, int]] = []  # (monotonic, wall clock, epoch before)
+    kills: list[_Kill] = []
     started = time.monotonic()
     try:
         while time.monotonic() - started < 66:
             await asyncio.sleep(11)
-            victim = await leader()
+            victim = await _leader(system)
             if victim is None:
                 continue
             epoch = await system.fetchval("SELECT epoch FROM scheduler_leader")
@@ -105,23 +145,12 @@ async def test_leader_killed_repeatedly_every_tick_once(
     finally:
         feeding = False
         await feeder
+    return kills
 
-    async def all_processed() -> bool:
-        return bool(await system.fetchval("SELECT bool_and(processed) FROM requests"))
 
-    await wait_for(all_processed, timeout=30, interval=0.25, what="every request processed")
-    replicas.stop_all()
-
-    ticks = await system.fetch(
-        "SELECT due_at, outcome, tasks, leader_epoch, emitted_at FROM schedule_ticks "
-        "WHERE schedule = 'record' ORDER BY due_at"
-    )
-    assert len(ticks) >= 300, len(ticks)
-    # No tick lost: the due times form one unbroken series, each recorded once.
-    gaps = {round((b["due_at"] - a["due_at"]).total_seconds(), 6) for a, b in itertools.pairwise(ticks)}
-    assert gaps == {INTERVAL}, gaps
-    # Missed ticks are what the run_once policy says: fired in one transaction (one emitted_at) with a
-    # later due time that ran, and late by more than the grace when they were looked at.
+def _check_missed_ticks_follow_run_once(ticks: list[Any]) -> None:
+    """Missed ticks are what the run_once policy says: fired in one transaction (one emitted_at) with a
+    later due time that ran, and late by more than the grace when they were looked at."""
     by_firing: dict[dt.datetime, list[Any]] = {}
     for tick in ticks:
         by_firing.setdefault(tick["emitted_at"], []).append(tick)
@@ -131,13 +160,9 @@ async def test_leader_killed_repeatedly_every_tick_once(
         if missed:
             assert len(ran) == 1 and ran[0]["due_at"] > max(t["due_at"] for t in missed), group
             assert all((t["emitted_at"] - t["due_at"]).total_seconds() > INTERVAL for t in missed), group
-    near_kills = sum(
-        1
-        for t in ticks
-        if t["outcome"] == "missed"
-        and any(0 <= (t["due_at"] - k).total_seconds() < LEASE + 1 for _, k, _ in kills)
-    )
-    # No tick processed twice: one poll task per emitted batch, each run exactly once.
+
+
+async def _check_each_tick_processed_once(system: System, ticks: list[Any]) -> None:
     emitted = sum(t["tasks"] for t in ticks if t["outcome"] == "emitted")
     tasks = await system.fetch("SELECT state, attempts FROM tasks WHERE kind = 'poll'")
     assert len(tasks) == emitted
@@ -146,7 +171,10 @@ async def test_leader_killed_repeatedly_every_tick_once(
     )
     computed = Counter(effect_processings.RECORDED)
     assert computed and max(computed.values()) == 1
-    # Failover: from each kill to the first tick fired by the next leader.
+
+
+def _failover_seconds(ticks: list[Any], kills: list[_Kill]) -> list[float]:
+    """From each kill to the first tick fired by the next leader."""
     failovers = []
     for _, kill_wall, epoch in kills:
         first = min(
@@ -155,11 +183,4 @@ async def test_leader_killed_repeatedly_every_tick_once(
         )
         assert first is not None
         failovers.append((first - kill_wall).total_seconds())
-    assert len(kills) >= 4
-    assert max(failovers) < 5.0, failovers
-    outcomes = Counter(t["outcome"] for t in ticks)
-    print(
-        f"\nscheduler failover: {len(ticks)} ticks {dict(outcomes)}, {len(kills)} leader kills, "
-        f"failover seconds {[round(f, 2) for f in failovers]} (max {max(failovers):.2f}); "
-        f"{near_kills} of the missed ticks fell within a failover"
-    )
+    return failovers

@@ -12,11 +12,12 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from squall.core import db, migrate, store
+from squall.core import db, migrate
 from squall.core.events import Item, RequestSubmitted
 from squall.core.settings import load_settings
+from squall.core.store import counters, driver, intake, item_rules, polling, reads, recording, scheduling
 from tests.integration.harness import make_settings
 
 
@@ -43,7 +44,7 @@ def test_every_migration_can_be_undone_and_redone(database_url: str) -> None:
 async def _accept(engine: AsyncEngine, rids: list[str], item_count: int) -> list[uuid.UUID]:
     """Accept one request per rid with ``item_count`` items; the task ids of those created now."""
     submitted = [
-        store.Submitted.of_event(
+        intake.Submitted.of_event(
             RequestSubmitted(
                 task_id=uuid.uuid4(), rid=rid, items=[Item(number=n, job="sum") for n in range(item_count)]
             ),
@@ -52,18 +53,18 @@ async def _accept(engine: AsyncEngine, rids: list[str], item_count: int) -> list
         )
         for rid in rids
     ]
-    accepted = await store.accept_requests(engine, submitted)
-    return [a.task_id for a in accepted if isinstance(a, store.Accepted) and a.created]
+    accepted = await intake.accept_requests(engine, submitted)
+    return [a.task_id for a in accepted if isinstance(a, intake.Accepted) and a.created]
 
 
 async def _record_batches(engine: AsyncEngine, prefix: str, batches: int = 8) -> None:
     """Accept and record ``batches`` batches of five one-item requests through ``engine``."""
     for batch in range(batches):
         ids = await _accept(engine, [f"{prefix}{batch}-{n}" for n in range(5)], 1)
-        items = store.NewItems()
+        items = recording.NewItems()
         for task_id in ids:
             items.add(task_id, [1], ["sum"], [("done", "3", None, None)])
-        recorded = await store.record_requests(engine, ids, items, {})
+        recorded = await recording.record_requests(engine, ids, items, {})
         assert [r.task_id for r in recorded] == ids
 
 
@@ -154,69 +155,20 @@ async def test_each_shape_of_the_recording_statement_records_and_counts_its_item
     each combination records every item where it belongs and counts it."""
     engine = db.create_engine(make_settings("nats://127.0.0.1:1", database_url))
     kinds = [kind for kind, present in (("rows", rows), ("chunks", chunks), ("done", done)) if present]
-    submitted = [
-        store.Submitted.of_event(
-            RequestSubmitted(
-                task_id=uuid.uuid4(),
-                rid=f"shape-{uuid.uuid4().hex}",
-                items=[Item(number=n, job="sum") for n in range(1 if kind == "rows" else 10)],
-            ),
-            False,
-            b"{}",
-        )
-        for kind in kinds
-    ]
-    counters = text(
-        "SELECT counter, sum(n) FROM stat_deltas WHERE counter IN ('items_recorded', 'items_done', "
-        "'requests_recorded', 'requests_processed') GROUP BY counter"
-    )
+    submitted = [_shaped_submission(kind) for kind in kinds]
     try:
         async with engine.connect() as conn:
-            before = dict((await conn.execute(counters)).all())
-        accepted = await store.accept_requests(engine, submitted)
-        ids = [a.task_id for a in accepted if isinstance(a, store.Accepted)]
-        items = store.NewItems({"sum": 5})
-        for kind, task_id in zip(kinds, ids, strict=True):
-            if kind == "rows":  # one item: below the chunk size, a row
-                items.add(task_id, [0], ["sum"], [("done", "1", None, None)])
-            elif kind == "chunks":  # ten pending items of a chunked processing: two chunks
-                items.add(task_id, list(range(10)), ["sum"] * 10, [store.PENDING] * 10)
-            else:  # ten done items: one result row
-                items.add(
-                    task_id,
-                    list(range(10)),
-                    ["sum"] * 10,
-                    [("done", str(n + 1), None, None) for n in range(10)],
-                )
+            before = await _recording_counters(conn)
+        accepted = await intake.accept_requests(engine, submitted)
+        ids = [a.task_id for a in accepted if isinstance(a, intake.Accepted)]
+        items = _shaped_items(kinds, ids)
         assert (bool(items.request_task_id), bool(items.chunks), bool(items.done)) == (rows, chunks, done)
-        recorded = await store.record_requests(engine, ids, items, {})
+        recorded = await recording.record_requests(engine, ids, items, {})
         assert sorted(r.task_id for r in recorded) == sorted(ids)
         async with engine.connect() as conn:
-            after = dict((await conn.execute(counters)).all())
-            states = dict(
-                (
-                    await conn.execute(
-                        text(
-                            "SELECT request_task_id, array_agg(state ORDER BY position) FROM all_items "
-                            "WHERE request_task_id = ANY(:ids) GROUP BY request_task_id"
-                        ),
-                        {"ids": ids},
-                    )
-                ).all()
-            )
-            held = dict(
-                (
-                    await conn.execute(
-                        text(
-                            "SELECT 'rows', count(*) FROM items WHERE request_task_id = ANY(:ids) UNION ALL "
-                            "SELECT 'chunks', count(*) FROM item_chunks WHERE request_task_id = ANY(:ids) "
-                            "UNION ALL "
-                            "SELECT 'done', count(*) FROM item_results WHERE request_task_id = ANY(:ids)"
-                        ),
-                        {"ids": ids},
-                    )
-                ).all()
-            )
+            after = await _recording_counters(conn)
+            states = await _item_states(conn, ids)
+            held = await _rows_per_part(conn, ids)
     finally:
         await engine.dispose()
     expected = {"rows": ["done"], "chunks": ["pending"] * 10, "done": ["done"] * 10}
@@ -230,6 +182,77 @@ async def test_each_shape_of_the_recording_statement_records_and_counts_its_item
     assert grew("requests_processed") == len(kinds) - int(chunks)  # pending chunks: not processed yet
     assert grew("items_recorded") == sum(1 if kind == "rows" else 10 for kind in kinds)
     assert grew("items_done") == int(rows) + 10 * int(done)
+
+
+def _shaped_submission(kind: str) -> intake.Submitted:
+    """A request of one item for ``rows``, of ten for ``chunks`` and ``done``."""
+    return intake.Submitted.of_event(
+        RequestSubmitted(
+            task_id=uuid.uuid4(),
+            rid=f"shape-{uuid.uuid4().hex}",
+            items=[Item(number=n, job="sum") for n in range(1 if kind == "rows" else 10)],
+        ),
+        False,
+        b"{}",
+    )
+
+
+def _shaped_items(kinds: list[str], ids: list[uuid.UUID]) -> recording.NewItems:
+    """Items that the recording statement stores as item rows, chunks or result rows, one kind a request."""
+    items = recording.NewItems({"sum": 5})
+    for kind, task_id in zip(kinds, ids, strict=True):
+        if kind == "rows":  # one item: below the chunk size, a row
+            items.add(task_id, [0], ["sum"], [("done", "1", None, None)])
+        elif kind == "chunks":  # ten pending items of a chunked processing: two chunks
+            items.add(task_id, list(range(10)), ["sum"] * 10, [item_rules.PENDING] * 10)
+        else:  # ten done items: one result row
+            items.add(
+                task_id,
+                list(range(10)),
+                ["sum"] * 10,
+                [("done", str(n + 1), None, None) for n in range(10)],
+            )
+    return items
+
+
+async def _recording_counters(conn: AsyncConnection) -> dict[Any, Any]:
+    counters = text(
+        "SELECT counter, sum(n) FROM stat_deltas WHERE counter IN ('items_recorded', 'items_done', "
+        "'requests_recorded', 'requests_processed') GROUP BY counter"
+    )
+    return dict((await conn.execute(counters)).all())
+
+
+async def _item_states(conn: AsyncConnection, ids: list[uuid.UUID]) -> dict[Any, Any]:
+    """Each request's item states, in position order."""
+    return dict(
+        (
+            await conn.execute(
+                text(
+                    "SELECT request_task_id, array_agg(state ORDER BY position) FROM all_items "
+                    "WHERE request_task_id = ANY(:ids) GROUP BY request_task_id"
+                ),
+                {"ids": ids},
+            )
+        ).all()
+    )
+
+
+async def _rows_per_part(conn: AsyncConnection, ids: list[uuid.UUID]) -> dict[Any, Any]:
+    """How many item rows, chunks and result rows the requests hold."""
+    return dict(
+        (
+            await conn.execute(
+                text(
+                    "SELECT 'rows', count(*) FROM items WHERE request_task_id = ANY(:ids) UNION ALL "
+                    "SELECT 'chunks', count(*) FROM item_chunks WHERE request_task_id = ANY(:ids) "
+                    "UNION ALL "
+                    "SELECT 'done', count(*) FROM item_results WHERE request_task_id = ANY(:ids)"
+                ),
+                {"ids": ids},
+            )
+        ).all()
+    )
 
 
 async def test_acceptances_are_counted_by_triggers_seeded_by_their_migration(database_url: str) -> None:
@@ -254,7 +277,7 @@ async def test_acceptances_are_counted_by_triggers_seeded_by_their_migration(dat
         return int(row[0]), int(row[1]), int(row[2])
 
     async def counted() -> tuple[int, int, int]:
-        stats = await store.read_stats(engine)
+        stats = await counters.read_stats(engine)
         return stats.accepted, stats.recorded, stats.unrecorded_items
 
     async def scans_of_requests() -> int:
@@ -275,9 +298,9 @@ async def test_acceptances_are_counted_by_triggers_seeded_by_their_migration(dat
     try:
         # Before the migration: four requests of three items, one of them recorded.
         old = await _accept(engine, [f"old-{n}" for n in range(4)], 3)
-        items = store.NewItems()
+        items = recording.NewItems()
         items.add(old[0], [0, 1, 2], ["sum"] * 3, [("done", "1", None, None)] * 3)
-        assert len(await store.record_requests(engine, old[:1], items, {})) == 1
+        assert len(await recording.record_requests(engine, old[:1], items, {})) == 1
         await engine.dispose()
         await migrate.upgrade_async(settings)
         assert await counted() == await truth() == (4, 1, 9)
@@ -286,10 +309,10 @@ async def test_acceptances_are_counted_by_triggers_seeded_by_their_migration(dat
         # again is no acceptance.
         new = await _accept(engine, ["new-0", "new-1", "new-2", "old-1"], 2)
         assert len(new) == 3
-        await store.withdraw_request(engine, new[0])
-        await store.withdraw_request(engine, old[0])  # recorded: not withdrawn
+        await intake.withdraw_request(engine, new[0])
+        await intake.withdraw_request(engine, old[0])  # recorded: not withdrawn
         assert await counted() == await truth() == (6, 1, 13)
-        assert await store.fold_stat_deltas(engine)
+        assert await counters.fold_stat_deltas(engine)
         assert await counted() == (6, 1, 13)
 
         # Deleting recorded history leaves the counts of what happened.
@@ -299,7 +322,7 @@ async def test_acceptances_are_counted_by_triggers_seeded_by_their_migration(dat
 
         before = await scans_of_requests()
         for _ in range(3):
-            await store.read_stats(engine)
+            await counters.read_stats(engine)
         assert await scans_of_requests() == before
     finally:
         await engine.dispose()
@@ -316,23 +339,23 @@ async def test_a_poll_task_plans_its_transaction_as_a_queue_and_reads_its_gate(d
     try:
         first = uuid.uuid4()
         async with engine.begin() as conn:
-            await store.plan_as_a_queue(conn)
-            assert await store.start_poll_task(conn, first, "sum", 10)
+            await polling.plan_as_a_queue(conn)
+            assert await polling.start_poll_task(conn, first, "sum", 10)
             assert tuple((await conn.execute(queue_settings)).one()) == ("off", "off", "off")
-            assert await store.gate(conn, "sum", ["db"]) is None
-            await store.finish_poll_task(conn, first, "succeeded", 0, None)
+            assert await scheduling.gate(conn, "sum", ["db"]) is None
+            await polling.finish_poll_task(conn, first, "succeeded", 0, None)
         async with engine.begin() as conn:
             assert tuple((await conn.execute(queue_settings)).one()) == ("on", "on", "on")
-            assert not await store.start_poll_task(conn, first, "sum", 10)  # finished: not run again
+            assert not await polling.start_poll_task(conn, first, "sum", 10)  # finished: not run again
             await conn.execute(
                 text(
                     "INSERT INTO dependencies (name, kind, target, state) VALUES ('db', 'tcp', 'x:1', 'down')"
                 )
             )
-            assert await store.gate(conn, "sum", ["db"]) == "dependency down: db"
-            assert await store.gate(conn, "sum", []) is None
+            assert await scheduling.gate(conn, "sum", ["db"]) == "dependency down: db"
+            assert await scheduling.gate(conn, "sum", []) is None
             await conn.execute(text("INSERT INTO processing_settings (name, paused) VALUES ('sum', true)"))
-            assert await store.gate(conn, "sum", ["db"]) == "paused"
+            assert await scheduling.gate(conn, "sum", ["db"]) == "paused"
     finally:
         await engine.dispose()
 
@@ -368,20 +391,20 @@ async def test_payloads_and_result_rows_up_to_a_page_are_stored_uncompressed(dat
     a fifth of PostgreSQL's CPU on such requests); a 1,000-item payload, longer than a page, is still
     compressed, and every one reads back whole."""
 
-    def submitted(count: int) -> store.Submitted:
+    def submitted(count: int) -> intake.Submitted:
         event = RequestSubmitted(
             task_id=uuid.uuid4(),
             rid=f"stored-{uuid.uuid4().hex}",
             items=[Item(number=10_000 + n, job="sum") for n in range(count)],
         )
-        return store.Submitted.of_event(event, False, event.model_dump_json().encode())
+        return intake.Submitted.of_event(event, False, event.model_dump_json().encode())
 
     engine = db.create_engine(make_settings("nats://127.0.0.1:1", database_url))
     medium, large = submitted(100), submitted(1000)
     assert 2500 < len(medium.payload) < 8000 < len(large.payload)
     try:
-        accepted = await store.accept_requests(engine, [medium, large])
-        assert all(isinstance(a, store.Accepted) for a in accepted)
+        accepted = await intake.accept_requests(engine, [medium, large])
+        assert all(isinstance(a, intake.Accepted) for a in accepted)
         payloads = text(
             "SELECT task_id, pg_column_compression(payload), payload FROM requests WHERE task_id = ANY(:ids)"
         )
@@ -397,11 +420,11 @@ async def test_payloads_and_result_rows_up_to_a_page_are_stored_uncompressed(dat
         assert stored[large.task_id][0] is not None  # compressed, as before
 
         numbers = [10_000 + n for n in range(100)]
-        results = store.results_array([n + 2 for n in numbers])
+        results = driver.results_array([n + 2 for n in numbers])
         assert results is not None
-        items = store.NewItems()
+        items = recording.NewItems()
         items.add_done(medium.task_id, "sum", numbers, results)
-        await store.record_requests(engine, [medium.task_id], items, {})
+        await recording.record_requests(engine, [medium.task_id], items, {})
         async with engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -447,9 +470,9 @@ async def test_tasks_are_listed_newest_first_from_an_index_not_by_sorting_them_a
             )
             await conn.execute(text("ANALYZE tasks"))
         before = await tasks_read()
-        first, cursor = await store.list_tasks(engine, None, None, None, 50, None)
+        first, cursor = await reads.list_tasks(engine, None, None, None, 50, None)
         assert cursor is not None
-        second, _ = await store.list_tasks(engine, None, None, None, 50, cursor)
+        second, _ = await reads.list_tasks(engine, None, None, None, 50, cursor)
         after = await tasks_read()
     finally:
         await engine.dispose()

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from squall.core.embedded import free_port
+from squall.cli.embedded import free_port
 from squall.core.settings import Settings
 from tests.integration.harness import ProcessorProcesses, ServiceProcesses, System, make_settings, wait_for
 

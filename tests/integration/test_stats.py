@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from squall.core import store
+from squall.core.store import counters, polling
 from tests.integration import effect_processings
 from tests.integration.harness import System, make_settings, wait_for
 
@@ -129,10 +129,10 @@ async def test_stats_follow_intake_recording_and_processing(system: System) -> N
 
     # Folding the deltas into the totals changes nothing that is read.
     assert await system.fetchval("SELECT count(*) FROM stat_deltas") > 0
-    folded = await store.fold_stat_deltas(system.engine)
+    folded = await counters.fold_stat_deltas(system.engine)
     assert folded and folded > 0
     assert await system.fetchval("SELECT count(*) FROM stat_deltas") == 0
-    again = await store.read_stats(system.engine)
+    again = await counters.read_stats(system.engine)
     assert again.accepted == 3 and again.processed == 3 and again.items["sum"]["done"] == 3
 
 
@@ -189,14 +189,14 @@ async def test_stats_are_cached_and_one_query_serves_concurrent_callers(
         if getattr(rule.target, "route", None) == "/v1/stats"
     )
     calls = 0
-    read = store.read_stats
+    read = counters.read_stats
 
-    async def counting(engine: Any) -> store.Stats:
+    async def counting(engine: Any) -> counters.Stats:
         nonlocal calls
         calls += 1
         return await read(engine)
 
-    monkeypatch.setattr(store, "read_stats", counting)
+    monkeypatch.setattr(counters, "read_stats", counting)
     answers = await asyncio.gather(*(cache.get() for _ in range(20)))
     assert calls == 1 and all(a == answers[0] for a in answers)
     await cache.get()
@@ -219,7 +219,7 @@ async def test_the_leaders_pending_gauge_is_the_stats_pending(
     await system.stop_processors_once_recorded(30)
     # A third of them leased by a poll task that never finishes: still pending.
     async with system.engine.begin() as conn:
-        await store.claim_items(conn, "record", uuid.uuid4(), 10, lease_seconds=600)
+        await polling.claim_items(conn, "record", uuid.uuid4(), 10, lease_seconds=600)
     scheduler = await system.start_scheduler()
 
     def gauge() -> float | None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from squall.core import auth
 from squall.core.broker import auth_options
 from squall.core.settings import SettingsError, load_settings
+from squall.gateway import auth
 
 
 def test_tokens_are_random_and_stored_as_digests() -> None:

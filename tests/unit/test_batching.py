@@ -7,15 +7,21 @@ from collections.abc import Sequence
 
 import pytest
 
-from squall.core.batching import Coalescer
+from squall.gateway.batching import Coalescer
 
 
 class Recorder:
-    """A write that answers each value doubled (or the error for a negative one) and remembers its batches."""
+    """A write that answers each value doubled (or the error for a negative one) and remembers its batches.
 
-    def __init__(self, delay: float = 0.0) -> None:
+    ``delay``: each write takes that long. ``gated``: each write is held until ``release`` is set, and
+    ``entered`` is set once one is in flight (the test decides when a write ends, not a clock)."""
+
+    def __init__(self, delay: float = 0.0, gated: bool = False) -> None:
         self.batches: list[list[int]] = []
         self.delay = delay
+        self.gated = gated
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
         self.in_flight = 0
         self.most_in_flight = 0
 
@@ -23,8 +29,11 @@ class Recorder:
         self.batches.append(list(values))
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.entered.set()
         try:
             await asyncio.sleep(self.delay)
+            if self.gated:
+                await self.release.wait()
         finally:
             self.in_flight -= 1
         return [ValueError(f"bad {v}") if v < 0 else 2 * v for v in values]
@@ -47,11 +56,13 @@ async def test_an_idle_coalescer_writes_a_lone_caller_at_once() -> None:
 
 
 async def test_callers_arriving_during_a_write_go_into_the_next_one() -> None:
-    write = Recorder(delay=0.05)
+    write = Recorder(gated=True)
     coalescer = Coalescer(write, max_batch=100)
     first = asyncio.ensure_future(coalescer.submit(0))
-    await asyncio.sleep(0.01)  # the first write is in flight
+    await asyncio.wait_for(write.entered.wait(), timeout=5)  # the first write is in flight
     later = asyncio.gather(*(coalescer.submit(v) for v in range(1, 6)))
+    # The later callers' first steps were scheduled before the write's wake-up: they queue while it is held.
+    write.release.set()
     assert await first == 0
     assert await later == [2, 4, 6, 8, 10]
     assert write.batches == [[0], [1, 2, 3, 4, 5]]
@@ -91,12 +102,13 @@ async def test_a_failed_write_fails_its_callers_and_the_next_write_runs() -> Non
 
 
 async def test_a_caller_that_gives_up_does_not_cancel_the_others_write() -> None:
-    write = Recorder(delay=0.05)
+    write = Recorder(gated=True)
     coalescer = Coalescer(write, max_batch=100)
     quitter = asyncio.ensure_future(coalescer.submit(1))
     stayer = asyncio.ensure_future(coalescer.submit(2))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(write.entered.wait(), timeout=5)  # the write holding both is in flight
     quitter.cancel()
+    write.release.set()
     assert await stayer == 4
     with pytest.raises(asyncio.CancelledError):
         await quitter

@@ -8,12 +8,13 @@ from typing import Any
 
 import orjson
 
-from squall.core import store
 from squall.core.events import RequestEvent
 from squall.core.processings import ItemFailed, PermanentError, Processing, Registry
-from squall.processor.worker import compute_items, outcome_of
+from squall.core.store import item_rules, recording
+from squall.processor.new_items import compute_items
+from squall.processor.outcomes import outcome_of
 
-MANY = store.CHUNK_MIN_ITEMS + 2
+MANY = item_rules.CHUNK_MIN_ITEMS + 2
 
 
 def _plus_two(numbers: list[int]) -> list[Any]:
@@ -68,9 +69,9 @@ def request(numbers: list[int], jobs: list[str] | str) -> RequestEvent:
     )
 
 
-def by_item(event: RequestEvent, outcomes: list[store.Outcome]) -> dict[str, Any]:
+def by_item(event: RequestEvent, outcomes: list[item_rules.Outcome]) -> dict[str, Any]:
     """What the item-by-item path records for ``event`` with these outcomes."""
-    items = store.NewItems(CHUNKS)
+    items = recording.NewItems(CHUNKS)
     items.add(event.task_id, event.numbers, event.jobs, outcomes)
     return orjson.loads(items.as_json())
 

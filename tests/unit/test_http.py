@@ -52,7 +52,7 @@ def test_known_failures_get_their_answer_and_bugs_none() -> None:
 
 
 def test_asyncpg_errors_of_an_unreachable_database_are_503_and_its_refusals_bugs() -> None:
-    """The hot statements run on asyncpg's connection (store.fetch_on_driver) and raise its errors."""
+    """The hot statements run on asyncpg's connection (store.driver.fetch_on_driver) and raise its errors."""
     for unavailable in (
         asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
         asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),

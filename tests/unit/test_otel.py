@@ -86,7 +86,7 @@ def test_export_without_the_extra_stops_with_the_install_command(monkeypatch: py
 def test_a_service_started_without_the_extra_exits_with_the_install_command() -> None:
     script = (
         "import sys; sys.modules['opentelemetry.sdk.trace'] = None\n"
-        "from squall.core.cli import main; sys.exit(main(['processor']))"
+        "from squall.cli.main import main; sys.exit(main(['processor']))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")}
     env.update(
@@ -106,7 +106,7 @@ def test_a_service_started_without_the_extra_exits_with_the_install_command() ->
 def test_with_export_off_the_services_load_no_opentelemetry_module() -> None:
     script = (
         "import json, sys\n"
-        "import squall.core.cli, squall.core.lifecycle, squall.gateway.app, squall.processor.worker\n"
+        "import squall.cli.main, squall.core.lifecycle, squall.gateway.app, squall.processor.worker\n"
         "import squall.scheduler.service\n"
         "from squall.core import otel, tracing\n"
         "from squall.core.settings import load_settings\n"

@@ -8,16 +8,11 @@ import uuid
 import orjson
 
 from squall.core.events import ItemFields
-from squall.core.store import (
-    CHUNK_MIN_ITEMS,
-    PENDING,
-    NewItems,
-    items_hash,
-    pg_array,
-    present_rid,
-    result_json,
-    results_array,
-)
+from squall.core.store.driver import pg_array, result_json, results_array
+from squall.core.store.intake import items_hash
+from squall.core.store.item_rules import CHUNK_MIN_ITEMS, PENDING
+from squall.core.store.reads import present_rid
+from squall.core.store.recording import NewItems
 
 
 def items(*pairs: tuple[int, str]) -> list[ItemFields]:

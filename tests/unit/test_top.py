@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from squall.core.top import Snapshot, render
+from squall.cli.top import Snapshot, render
 
 
 def _stats(accepted: int, processed: int, done: int) -> dict[str, object]:

@@ -29,7 +29,8 @@ from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 
 from squall.core import events
 from squall.core.aio import cancel_and_wait
-from squall.core.settings import NatsSettings, Settings, redact_url
+from squall.core.settings import NatsSettings, Settings
+from squall.core.targets import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +174,9 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
 class AckedPublisher:
     """JetStream publishes that wait for the stream's ack, with every ack arriving on one subscription.
 
-    What ``JetStreamContext.publish`` does, for 30-40 % less CPU (``python -m bench.jetstream``, 16 in
-    flight; docs/benchmarks.md): no task and timer per ``asyncio.wait_for``, no ack object, acks decoded by
-    orjson. The intake publishes once per request, so this is on its hottest path.
+    What ``JetStreamContext.publish`` does, for markedly less CPU (``python -m bench.jetstream`` measures
+    it): no task and timer per ``asyncio.wait_for``, no ack object, acks decoded by orjson. The intake
+    publishes once per request, so this is on its hottest path.
     """
 
     def __init__(self, nc: Client) -> None:
@@ -242,11 +243,11 @@ class PullFailed(nats.errors.Error):
 class Puller:
     """Messages of a durable JetStream pull consumer, pulled through one inbox subscription.
 
-    What ``PullSubscription.fetch`` does, for a third of its CPU per message (``python -m
-    bench.jetstream``), without its per-message ``asyncio.wait_for`` (a task and a timer for each message
-    of a batch): deliveries are appended to a list by the subscription's callback, and a pull request ends
-    when its batch is complete or JetStream answers its reply subject with a status (404 none left, 408
-    expired; 409 refused and 503 no consumer raise :class:`PullFailed`). Each request has its own reply
+    What ``PullSubscription.fetch`` does, for less CPU per message (``python -m bench.jetstream``), without
+    its per-message ``asyncio.wait_for`` (a task and a timer for each message of a batch): deliveries are
+    appended to a list by the subscription's callback, and a pull request ends when its batch is complete or
+    JetStream answers its reply subject with a status (404 none left, 408 expired; 409 refused and 503 no
+    consumer raise :class:`PullFailed`). Each request has its own reply
     subject, so the status of an earlier request never ends a later one; a message delivered after its
     request ended is kept for the next fetch. One puller serves one loop: fetches must not overlap.
     """

@@ -20,29 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import math
 import os
-import shlex
 import signal
 import socket
 import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.simple_httpclient import HTTPTimeoutError
 
-from squall.core import metrics, store
-from squall.core.settings import redact_url
-
-KINDS = ("http", "tcp", "sql", "command")
-STATES = ("unknown", "up", "down")
-SQL_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+from squall.core import metrics
+from squall.core.rules import DEPENDENCY_STATES
+from squall.core.store import dependencies
+from squall.core.targets import split_command, split_host_port, validate_target
 
 # Only these variables reach a check command: no credentials or settings of Squall leak into it.
 _COMMAND_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
@@ -71,8 +67,10 @@ class DependencyState:
     consecutive_successes: int = 0
 
     def __post_init__(self) -> None:
-        if self.state not in STATES:
-            raise ValueError(f"dependency state must be one of {', '.join(STATES)}, not {self.state!r}")
+        if self.state not in DEPENDENCY_STATES:
+            raise ValueError(
+                f"dependency state must be one of {', '.join(DEPENDENCY_STATES)}, not {self.state!r}"
+            )
         if self.consecutive_failures < 0 or self.consecutive_successes < 0:
             raise ValueError("consecutive counts cannot be negative")
 
@@ -98,96 +96,6 @@ def advance(
     if failures >= failure_threshold:
         state = "down"
     return DependencyState(state, consecutive_failures=failures, consecutive_successes=0)
-
-
-# --- validation ------------------------------------------------------------------------------------------
-
-
-def validate_target(kind: str, target: str) -> None:
-    """Raise ValueError (a message fit for a 422, without the password) unless ``target`` suits ``kind``."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown dependency kind {kind!r}: expected one of {', '.join(KINDS)}")
-    if not isinstance(target, str) or not target.strip():
-        raise ValueError(f"a {kind} dependency needs a non-empty target")
-    if "\x00" in target:
-        raise ValueError("the target contains a NUL character")
-    if kind == "http":
-        _validate_http(target)
-    elif kind == "tcp":
-        _split_host_port(target)
-    elif kind == "sql":
-        _validate_sql(target)
-    else:
-        _split_command(target)
-
-
-def _validate_http(target: str) -> None:
-    try:
-        parts = urlsplit(target)
-        parts.port  # noqa: B018 - raises ValueError when the port is not a number in range
-    except ValueError:
-        raise ValueError(f"http target {redact_url(target)!r} is not a valid URL") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError(f"http target {redact_url(target)!r} must start with http:// or https://")
-    if not parts.hostname:
-        raise ValueError(f"http target {redact_url(target)!r} names no host")
-    if any(c.isspace() for c in target):
-        raise ValueError(f"http target {redact_url(target)!r} contains white space")
-
-
-def _split_host_port(target: str) -> tuple[str, int]:
-    host, colon, port_text = target.rpartition(":")
-    if not colon or not host:
-        raise ValueError(f"tcp target {target!r} must be host:port (or [ipv6]:port)")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"tcp target {target!r}: {host!r} is not an IPv6 address") from None
-    elif ":" in host or "[" in host or "]" in host:
-        raise ValueError(f"tcp target {target!r}: write an IPv6 address in brackets, as [::1]:5432")
-    if not host or any(c.isspace() or c == "/" for c in host):
-        raise ValueError(f"tcp target {target!r} names no valid host")
-    _check_port(port_text, f"tcp target {target!r}")
-    return host, int(port_text)
-
-
-def _check_port(text: str, where: str) -> None:
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
-        raise ValueError(f"{where}: port must be a number from 1 to 65535")
-
-
-def _validate_sql(target: str) -> None:
-    scheme, sep, rest = target.partition("://")
-    if not sep or scheme.lower() not in SQL_SCHEMES:
-        raise ValueError(
-            f"sql target {redact_url(target)!r} must be a PostgreSQL URL "
-            "(postgresql://, postgres:// or postgresql+asyncpg://)"
-        )
-    # Hosts (several, comma separated, are allowed) sit between the credentials and the path.
-    netloc = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
-    for host in netloc.split(","):
-        if host.startswith("["):
-            _, bracket, after = host[1:].partition("]")
-            if not bracket:
-                raise ValueError(f"sql target {redact_url(target)!r}: unclosed bracket in the host")
-            if after:
-                if not after.startswith(":"):
-                    raise ValueError(f"sql target {redact_url(target)!r}: malformed host {host!r}")
-                _check_port(after[1:], f"sql target {redact_url(target)!r}")
-        elif ":" in host:
-            _check_port(host.rsplit(":", 1)[1], f"sql target {redact_url(target)!r}")
-
-
-def _split_command(target: str) -> list[str]:
-    try:
-        argv = shlex.split(target)
-    except ValueError as exc:
-        raise ValueError(f"command target is not a valid command line: {exc}") from None
-    if not argv:
-        raise ValueError("command target is empty")
-    return argv
 
 
 # --- checks ----------------------------------------------------------------------------------------------
@@ -248,7 +156,7 @@ async def _check_http(target: str, timeout_seconds: float) -> str | None:
 
 
 async def _check_tcp(target: str) -> str | None:
-    host, port = _split_host_port(target)
+    host, port = split_host_port(target)
     _, writer = await asyncio.open_connection(host, port)
     writer.close()
     with contextlib.suppress(OSError):
@@ -270,7 +178,7 @@ async def _check_sql(target: str, timeout_seconds: float) -> str | None:
 
 
 async def _check_command(target: str) -> str | None:
-    argv = _split_command(target)
+    argv = split_command(target)
     env = {key: os.environ[key] for key in _COMMAND_ENV_KEEP if key in os.environ}
     loop = asyncio.get_running_loop()
     try:
@@ -377,7 +285,7 @@ async def check_and_record(engine: AsyncEngine, dependency: dict[str, Any]) -> C
         dependency["failure_threshold"],
         dependency["recovery_threshold"],
     )
-    await store.record_check(
+    await dependencies.record_check(
         engine,
         dependency["name"],
         state.state,

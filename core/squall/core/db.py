@@ -24,13 +24,19 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from squall.core import metrics
+from squall.core.rules import (
+    DEPENDENCY_KINDS,
+    DEPENDENCY_STATES,
+    ITEM_STATES,
+    MISFIRE_POLICIES,
+    SCOPES,
+    TASK_KINDS,
+    TASK_STATES,
+    TICK_OUTCOMES,
+)
 from squall.core.settings import Settings
 
 metadata = MetaData()
-
-TASK_KINDS = ("request", "poll")
-TASK_STATES = ("queued", "running", "succeeded", "failed", "dead")
-ITEM_STATES = ("pending", "running", "done", "failed")
 
 
 tasks = Table(
@@ -188,7 +194,7 @@ item_results = Table(
 )
 
 
-# --- counts (see store.read_stats) -------------------------------------------------------------------------
+# --- counts (see store.counters.read_stats) ----------------------------------------------------------
 
 # requests_accepted and items_accepted are kept by triggers on requests (migration 0011), the others by the
 # statements that record requests and finish items.
@@ -232,11 +238,11 @@ stat_deltas = Table(
 # sequential scan, then stays for the connection's life as the table grows) ...
 _PLANNED_PER_EXECUTION = {"plan_cache_mode": "force_custom_plan"}
 # ... except on the connections that run only the hot statements (the gateway's intake INSERT, the
-# processors' recording), found by key: planning was a third of PostgreSQL's time on them
-# (docs/benchmarks.md), so each is planned once per connection, and with sequential scans disabled that
-# one plan finds rows by index whatever the tables held when it was made (joins stay free: between the
-# statement's own row sets a nested loop would cost rows x rows). JIT off: a disabled path's cost would
-# make every execution compile.
+# processors' recording), found by key: planning was a large share of PostgreSQL's time on them
+# (docs/history/benchmarks.md), so each is planned once per connection, and with sequential scans disabled
+# that one plan finds rows by index whatever the tables held when it was made (joins stay free: between the
+# statement's own row sets a nested loop would cost rows x rows). JIT off: a disabled path's cost would make
+# every execution compile.
 _PLANNED_ONCE_BY_INDEX = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off", "jit": "off"}
 
 
@@ -269,10 +275,6 @@ def create_engine(
 
 # --- scheduler ---------------------------------------------------------------------------------------------
 
-MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
-TICK_OUTCOMES = ("emitted", "held", "skipped", "missed")
-DEPENDENCY_KINDS = ("http", "tcp", "sql", "command")
-DEPENDENCY_STATES = ("unknown", "up", "down")
 
 schedules = Table(
     "schedules",
@@ -374,7 +376,6 @@ processing_settings = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-TOKEN_SCOPES = ("submit", "read", "admin")
 
 api_tokens = Table(
     "api_tokens",
@@ -389,7 +390,7 @@ api_tokens = Table(
     CheckConstraint("name ~ '^[a-z0-9][a-z0-9_.-]{0,62}$'", name="api_tokens_name"),
     CheckConstraint("token_sha256 ~ '^[0-9a-f]{64}$'", name="api_tokens_digest"),
     CheckConstraint(
-        f"cardinality(scopes) >= 1 AND scopes <@ ARRAY{list(TOKEN_SCOPES)}::text[]", name="api_tokens_scopes"
+        f"cardinality(scopes) >= 1 AND scopes <@ ARRAY{list(SCOPES)}::text[]", name="api_tokens_scopes"
     ),
     CheckConstraint("rate_per_second IS NULL OR rate_per_second >= 0", name="api_tokens_rate"),
     CheckConstraint("burst IS NULL OR burst >= 1", name="api_tokens_burst"),

@@ -16,6 +16,7 @@ import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from squall.core.logs import error_text
+from squall.core.rules import RETRY_AFTER_UNAVAILABLE_SECONDS, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class ApiError(Exception):
     def __init__(
         self,
         status: int,
-        code: str,
+        code: ErrorCode,
         message: str,
         field: str | None = None,
         headers: dict[str, str] | None = None,
@@ -53,7 +54,8 @@ def json_bytes(value: Any) -> bytes:
         return json.dumps(value, default=str, separators=(",", ":")).encode()
 
 
-# asyncpg's own errors, from the statements run on its connection (store.fetch_on_driver): the connection
+# asyncpg's own errors, from the statements run on its connection (store.driver.fetch_on_driver): the
+# connection
 # lost or refused (SQLSTATE 08), the server shutting down or cancelling (57), out of resources (53), the
 # client's connection errors, and its protocol's state broken by a connection the server ended between
 # statements ("cannot switch to state 12; another operation (2) is in progress", seen after
@@ -88,7 +90,11 @@ def known_failure(exc: BaseException) -> ApiError | None:
         return exc
     if is_unavailable(exc):
         return ApiError(
-            503, "unavailable", "a dependency is unreachable; retry later", None, {"Retry-After": "2"}
+            503,
+            "unavailable",
+            "a dependency is unreachable; retry later",
+            None,
+            {"Retry-After": str(RETRY_AFTER_UNAVAILABLE_SECONDS)},
         )
     return None
 

@@ -22,13 +22,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from squall.core import broker, otel
 from squall.core.aio import cancel_and_wait
-from squall.core.auth import TokensFileError
 from squall.core.db import create_engine
 from squall.core.logs import configure_logging
 from squall.core.processings import Registry, load_registry
 from squall.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A service cannot start for a reason its message states (a bad tokens file, say): logged as one line,
+    exit code 1, no traceback."""
+
 
 # How long the tasks left at exit get to end once cancelled.
 LEFTOVER_TASKS_SECONDS = 10.0
@@ -134,7 +139,7 @@ def run_service(service: str, settings: Settings, main: ServiceMain) -> None:
             runner.run(_run(service, settings, main))
     except broker.StoppedWhileConnecting:
         log.info("%s stopped before NATS answered", service)
-    except (broker.NatsUnavailable, TokensFileError) as exc:  # one clear line, not a traceback
+    except (broker.NatsUnavailable, StartupError) as exc:  # one clear line, not a traceback
         log.error("%s: %s", service, exc)
         raise SystemExit(1) from None
     finally:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 # The *_created series double the exposition for no use on dashboards.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 try:
     VERSION = version("squall")

@@ -31,7 +31,8 @@ from squall.core.tracing import TraceContext
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span as Span
+    from opentelemetry.trace import Tracer
     from opentelemetry.util.types import AttributeValue
 
     Attributes = Mapping[str, AttributeValue]

@@ -36,13 +36,14 @@ from typing import Any, Literal
 
 import orjson
 
+from squall.core.rules import PROCESSING_MODES, ProcessingMode
 from squall.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "squall.processings"
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,62}")
-Mode = Literal["batch", "immediate"]
+Mode = ProcessingMode
 Claim = Literal["lease", "lock"]
 BatchFunction = Callable[[list[int]], "list[Any] | Awaitable[list[Any]]"]
 
@@ -105,7 +106,7 @@ class Processing:
             raise ValueError(f"processing name {self.name!r} must match {NAME_PATTERN.pattern}")
         if (self.function is None) == (self.command is None):
             raise ValueError(f"processing {self.name!r} needs exactly one of function or command")
-        if self.mode not in ("batch", "immediate"):
+        if self.mode not in PROCESSING_MODES:
             raise ValueError(f"processing {self.name!r}: mode must be batch or immediate")
         if self.claim not in ("lease", "lock"):
             raise ValueError(f"processing {self.name!r}: claim must be lease or lock")
@@ -119,7 +120,7 @@ class Processing:
     def retry_delay(self, attempts: int) -> float:
         """Seconds before an item that has had ``attempts`` attempts may be claimed again."""
         delay = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** max(0, attempts - 1))
-        return delay * random.uniform(0.8, 1.2)
+        return float(delay * random.uniform(0.8, 1.2))
 
     async def run(self, numbers: list[int]) -> list[Any]:
         """Results, one per number (or :class:`ItemFailed`); raises ProcessingError for the whole batch."""
@@ -144,7 +145,8 @@ class Processing:
     async def _call(self, numbers: list[int]) -> list[Any]:
         assert self.function is not None
         if inspect.iscoroutinefunction(self.function):
-            return await self.function(numbers)
+            results: list[Any] = await self.function(numbers)
+            return results
         if self.blocking:
             return await asyncio.to_thread(self.function, numbers)  # type: ignore[arg-type]
         return self.function(numbers)  # type: ignore[return-value]

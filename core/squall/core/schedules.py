@@ -38,7 +38,7 @@ class Timing:
             return moment + dt.timedelta(seconds=self.interval_seconds)
         assert self.cron is not None
         zone = zoneinfo.ZoneInfo(self.timezone)
-        following = croniter(self.cron, moment.astimezone(zone)).get_next(dt.datetime)
+        following: dt.datetime = croniter(self.cron, moment.astimezone(zone)).get_next(dt.datetime)
         return following.astimezone(dt.UTC)
 
     def first_due(self, now: dt.datetime) -> dt.datetime:

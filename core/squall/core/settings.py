@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,6 +22,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 from sqlalchemy.engine import make_url
+
+from squall.core.rules import ProcessingMode
+from squall.core.targets import redact_url, validate_target
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/squall"
@@ -96,9 +99,18 @@ class GatewaySettings(BaseModel):
     )
 
 
-class ProcessorSettings(BaseModel):
+class OpsServerSettings(BaseModel):
+    """Where a processor or a scheduler serves /metrics, /healthz and /readyz."""
+
     http_host: str = Field("0.0.0.0", description="Address serving /metrics, /healthz, /readyz.")
-    http_port: int = Field(9101, ge=0, le=65535, description="Port serving /metrics, /healthz, /readyz.")
+
+
+def _ops_port(default: int) -> Any:
+    return Field(default, ge=0, le=65535, description="Port serving /metrics, /healthz, /readyz.")
+
+
+class ProcessorSettings(OpsServerSettings):
+    http_port: int = _ops_port(9101)
     fetch_batch: int = Field(256, ge=1, le=10_000, description="Request events fetched per pull.")
     max_ack_pending: int = Field(
         4096, ge=1, le=1_000_000, description="In-flight messages per consumer (bounds memory)."
@@ -124,9 +136,8 @@ class ProcessorSettings(BaseModel):
     )
 
 
-class SchedulerSettings(BaseModel):
-    http_host: str = Field("0.0.0.0", description="Address serving /metrics, /healthz, /readyz.")
-    http_port: int = Field(9102, ge=0, le=65535, description="Port serving /metrics, /healthz, /readyz.")
+class SchedulerSettings(OpsServerSettings):
+    http_port: int = _ops_port(9102)
     default_interval_seconds: float = Field(
         2.0, gt=0, le=86_400, description="Polling interval of a batch processing with none of its own."
     )
@@ -201,10 +212,6 @@ class OtelSettings(BaseModel):
         return value
 
 
-Scope = Literal["submit", "read", "admin"]
-SCOPES: tuple[Scope, ...] = ("submit", "read", "admin")
-
-
 class AuthSettings(BaseModel):
     required: bool = Field(
         True,
@@ -249,7 +256,7 @@ class AuthSettings(BaseModel):
 class ProcessingOverride(BaseModel):
     """Per-processing settings that override its registration, e.g. ``SQUALL_PROCESSINGS__SUM__MODE``."""
 
-    mode: Literal["batch", "immediate"] | None = None
+    mode: ProcessingMode | None = None
     batch_size: int | None = Field(None, ge=1, le=100_000)
     timeout_seconds: float | None = Field(None, gt=0, le=86_400)
     interval_seconds: float | None = Field(None, gt=0, le=86_400)
@@ -275,8 +282,6 @@ class DependencyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _target(self) -> DependencyConfig:
-        from squall.core.checks import validate_target  # here: checks imports this module
-
         validate_target(self.kind, self.target)
         return self
 
@@ -405,13 +410,3 @@ def load_settings(**overrides: object) -> Settings:
         raise SettingsError("\n".join(lines)) from None
     except PydanticSettingsError as exc:  # a value the environment source could not even parse
         raise SettingsError(f"invalid settings: {redact_url(str(exc))[:300]}") from None
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of a URL for logs and error messages."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"

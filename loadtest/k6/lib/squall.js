@@ -93,9 +93,33 @@ const drainDuration = new Trend('squall_drain_duration', true);
 
 // --------------------------------------------------------------------------------------------- profiles
 
+// Ramp up to the peak VUs in `rampUp`, hold them, ramp down to none in `rampDown`.
+function rampHoldDown(rampUp, rampDown) {
+  return (vus, hold) => [
+    { duration: rampUp, target: vus },
+    { duration: hold, target: vus },
+    { duration: rampDown, target: 0 },
+  ];
+}
+
+// A profile's thresholds: `failed` for http_req_failed, the HTTP p95 and p99 and the end-to-end p95 (ms),
+// and `met`, the rate both the followed requests processed in time and the checks must reach.
+function profileThresholds(failed, p95, p99, e2eP95, met) {
+  return { failed, p95, p99, e2eP95, processed: met, checks: met };
+}
+
 // Peak VUs and the length of the steady part: SQUALL_VUS and SQUALL_DURATION override them.
 // followShare: the share of requests a VU polls until processed (the others are submitted only);
 // thinkSeconds: the pause between two iterations of a VU.
+const AVERAGE = {
+  vus: 20,
+  hold: '5m',
+  stages: rampHoldDown('1m', '30s'),
+  followShare: 0.5,
+  thinkSeconds: 0.5,
+  thresholds: profileThresholds('rate<0.01', 500, 1500, 15000, 'rate>0.99'),
+};
+
 const PROFILES = {
   smoke: {
     vus: 2,
@@ -103,34 +127,9 @@ const PROFILES = {
     stages: () => null, // constant VUs for the whole hold
     followShare: 1,
     thinkSeconds: 0.1,
-    thresholds: {
-      failed: 'rate==0',
-      p95: 500,
-      p99: 1000,
-      e2eP95: 10000,
-      processed: 'rate==1',
-      checks: 'rate==1',
-    },
+    thresholds: profileThresholds('rate==0', 500, 1000, 10000, 'rate==1'),
   },
-  average: {
-    vus: 20,
-    hold: '5m',
-    stages: (vus, hold) => [
-      { duration: '1m', target: vus },
-      { duration: hold, target: vus },
-      { duration: '30s', target: 0 },
-    ],
-    followShare: 0.5,
-    thinkSeconds: 0.5,
-    thresholds: {
-      failed: 'rate<0.01',
-      p95: 500,
-      p99: 1500,
-      e2eP95: 15000,
-      processed: 'rate>0.99',
-      checks: 'rate>0.99',
-    },
-  },
+  average: AVERAGE,
   stress: {
     vus: 80,
     hold: '5m',
@@ -142,14 +141,7 @@ const PROFILES = {
     ],
     followShare: 0.2,
     thinkSeconds: 0.2,
-    thresholds: {
-      failed: 'rate<0.02',
-      p95: 2000,
-      p99: 5000,
-      e2eP95: 30000,
-      processed: 'rate>0.98',
-      checks: 'rate>0.98',
-    },
+    thresholds: profileThresholds('rate<0.02', 2000, 5000, 30000, 'rate>0.98'),
   },
   spike: {
     vus: 200,
@@ -164,34 +156,10 @@ const PROFILES = {
     ],
     followShare: 0.1,
     thinkSeconds: 0.2,
-    thresholds: {
-      failed: 'rate<0.05',
-      p95: 3000,
-      p99: 8000,
-      e2eP95: 60000,
-      processed: 'rate>0.95',
-      checks: 'rate>0.95',
-    },
+    thresholds: profileThresholds('rate<0.05', 3000, 8000, 60000, 'rate>0.95'),
   },
-  soak: {
-    vus: 20,
-    hold: '30m',
-    stages: (vus, hold) => [
-      { duration: '2m', target: vus },
-      { duration: hold, target: vus },
-      { duration: '2m', target: 0 },
-    ],
-    followShare: 0.5,
-    thinkSeconds: 0.5,
-    thresholds: {
-      failed: 'rate<0.01',
-      p95: 500,
-      p99: 1500,
-      e2eP95: 15000,
-      processed: 'rate>0.99',
-      checks: 'rate>0.99',
-    },
-  },
+  // The average load held for 30 minutes, with 2-minute ramps.
+  soak: { ...AVERAGE, hold: '30m', stages: rampHoldDown('2m', '2m') },
 };
 
 function profile(name) {

@@ -7,14 +7,16 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from squall.core import admin, checks, schedules, store
+from squall.core import checks, schedules
 from squall.core.http import ApiError
-from squall.gateway import validation
+from squall.core.rules import ErrorCode
+from squall.core.store import dependencies, operations, scheduling
+from squall.gateway import admin_models, validation
 from squall.gateway.base import BaseHandler
 
 M = TypeVar("M", bound=BaseModel)
 
-_CODES = {"missing": "missing_field", "extra_forbidden": "unknown_field"}
+_CODES: dict[str, ErrorCode] = {"missing": "missing_field", "extra_forbidden": "unknown_field"}
 
 
 def _not_found(what: str, field: str) -> ApiError:
@@ -23,6 +25,12 @@ def _not_found(what: str, field: str) -> ApiError:
 
 class AdminHandler(BaseHandler):
     scope = "admin"  # schedules, processings, dependencies and schedulers are the operators'
+
+    def write_found(self, found: dict[str, Any] | None, what: str) -> None:
+        """The named schedule, processing or dependency; 404 naming the path's ``name`` if there is none."""
+        if found is None:
+            raise _not_found(what, "name")
+        self.write_json(found)
 
     def read_model(self, model: type[M]) -> M:
         """The JSON body as ``model``; 415/413/400/422 naming the field otherwise."""
@@ -49,10 +57,10 @@ class SchedulesHandler(AdminHandler):
     route = "/v1/schedules"
 
     async def get(self) -> None:
-        self.write_json({"schedules": await store.list_schedules(self.app.engine)})
+        self.write_json({"schedules": await operations.list_schedules(self.app.engine)})
 
     async def post(self) -> None:
-        body = self.read_model(admin.ScheduleCreate)
+        body = self.read_model(admin_models.ScheduleCreate)
         proc = self.app.registry.get(body.processing)
         if proc is None or proc.mode != "batch":
             known = ", ".join(p.name for p in self.app.registry.of_mode("batch"))
@@ -62,26 +70,23 @@ class SchedulesHandler(AdminHandler):
         values: dict[str, Any] = body.model_dump(exclude_none=True)
         values.setdefault("batch_size", proc.batch_size)
         timing = schedules.Timing(body.interval_seconds, body.cron, body.timezone or "UTC")
-        if not await store.create_schedule(
+        if not await operations.create_schedule(
             self.app.engine, values, timing.first_due(dt.datetime.now(dt.UTC))
         ):
             raise ApiError(409, "exists", "a schedule with this name exists", "name")
         self.set_header("Location", f"/v1/schedules/{body.name}")
-        self.write_json(await store.get_schedule(self.app.engine, body.name), 201)
+        self.write_json(await operations.get_schedule(self.app.engine, body.name), 201)
 
 
 class ScheduleHandler(AdminHandler):
     route = "/v1/schedules/{name}"
 
     async def get(self, name: str) -> None:
-        schedule = await store.get_schedule(self.app.engine, name)
-        if schedule is None:
-            raise _not_found("schedule", "name")
-        self.write_json(schedule)
+        self.write_found(await operations.get_schedule(self.app.engine, name), "schedule")
 
     async def patch(self, name: str) -> None:
-        body = self.read_model(admin.ScheduleFields)
-        current = await store.get_schedule(self.app.engine, name, ticks=0)
+        body = self.read_model(admin_models.ScheduleFields)
+        current = await operations.get_schedule(self.app.engine, name, ticks=0)
         if current is None:
             raise _not_found("schedule", "name")
         changes: dict[str, Any] = body.model_dump(exclude_none=True)
@@ -96,11 +101,11 @@ class ScheduleHandler(AdminHandler):
                 raise ApiError(422, "invalid_value", "give interval_seconds or cron", "interval_seconds")
             timing = schedules.Timing(merged["interval_seconds"], merged["cron"], merged["timezone"])
             next_due = timing.first_due(dt.datetime.now(dt.UTC))
-        await store.update_schedule(self.app.engine, name, changes, next_due)
-        self.write_json(await store.get_schedule(self.app.engine, name))
+        await operations.update_schedule(self.app.engine, name, changes, next_due)
+        self.write_json(await operations.get_schedule(self.app.engine, name))
 
     async def delete(self, name: str) -> None:
-        if not await store.delete_schedule(self.app.engine, name):
+        if not await operations.delete_schedule(self.app.engine, name):
             raise _not_found("schedule", "name")
         self.set_status(204)
         self.finish()
@@ -110,7 +115,7 @@ class ScheduleRunHandler(AdminHandler):
     route = "/v1/schedules/{name}/run"
 
     async def post(self, name: str) -> None:
-        due = await store.run_schedule_now(self.app.engine, name)
+        due = await operations.run_schedule_now(self.app.engine, name)
         if due is None:
             raise _not_found("schedule", "name")
         self.write_json({"schedule": name, "due_at": due.isoformat()}, 202)
@@ -120,7 +125,7 @@ class SchedulersHandler(AdminHandler):
     route = "/v1/schedulers"
 
     async def get(self) -> None:
-        self.write_json(await store.schedulers_view(self.app.engine))
+        self.write_json(await scheduling.schedulers_view(self.app.engine))
 
 
 # --- processings ---------------------------------------------------------------------------------------
@@ -128,8 +133,8 @@ class SchedulersHandler(AdminHandler):
 
 async def _processings(handler: AdminHandler) -> dict[str, dict[str, Any]]:
     app = handler.app
-    overrides = await store.processing_settings(app.engine)
-    pending = await store.claimable_counts(app.engine)
+    overrides = await operations.processing_settings(app.engine)
+    pending = await operations.claimable_counts(app.engine)
     views = {}
     for name in app.registry:
         proc = app.registry[name]
@@ -166,11 +171,11 @@ class ProcessingHandler(AdminHandler):
         self.write_json(view)
 
     async def patch(self, name: str) -> None:
-        body = self.read_model(admin.ProcessingPatch)
+        body = self.read_model(admin_models.ProcessingPatch)
         if name not in self.app.registry:
             raise _not_found("processing", "name")
         if body.dependencies is not None:
-            known = {d["name"] for d in await store.list_dependencies(self.app.engine)}
+            known = {d["name"] for d in await dependencies.list_dependencies(self.app.engine)}
             for index, dependency in enumerate(body.dependencies):
                 if dependency not in known:
                     raise ApiError(
@@ -179,7 +184,7 @@ class ProcessingHandler(AdminHandler):
                         f"no dependency named {dependency[:63]!r}",
                         f"dependencies.{index}",
                     )
-        await store.patch_processing(self.app.engine, name, body.paused, body.dependencies)
+        await operations.patch_processing(self.app.engine, name, body.paused, body.dependencies)
         self.write_json((await _processings(self))[name])
 
 
@@ -190,35 +195,32 @@ class DependenciesHandler(AdminHandler):
     route = "/v1/dependencies"
 
     async def get(self) -> None:
-        self.write_json({"dependencies": await store.list_dependencies(self.app.engine)})
+        self.write_json({"dependencies": await dependencies.list_dependencies(self.app.engine)})
 
 
 class DependencyHandler(AdminHandler):
     route = "/v1/dependencies/{name}"
 
     async def get(self, name: str) -> None:
-        dependency = await store.get_dependency(self.app.engine, name)
-        if dependency is None:
-            raise _not_found("dependency", "name")
-        self.write_json(dependency)
+        self.write_found(await dependencies.get_dependency(self.app.engine, name), "dependency")
 
     async def put(self, name: str) -> None:
-        if not admin.DEPENDENCY_NAME.fullmatch(name):
+        if not admin_models.DEPENDENCY_NAME.fullmatch(name):
             raise ApiError(
                 422, "invalid_value", "name: lower-case letters, digits and . _ - (up to 63)", "name"
             )
         if self.app.squall.dependencies.get(name) is not None:
             raise ApiError(409, "configured", "this dependency comes from configuration", "name")
-        body = self.read_model(admin.DependencyPut)
-        outcome = await store.put_dependency(self.app.engine, name, body.model_dump(), origin="api")
+        body = self.read_model(admin_models.DependencyPut)
+        outcome = await dependencies.put_dependency(self.app.engine, name, body.model_dump(), origin="api")
         if outcome == "refused":
             raise ApiError(409, "configured", "this dependency comes from configuration", "name")
         self.write_json(
-            await store.get_dependency(self.app.engine, name), 201 if outcome == "created" else 200
+            await dependencies.get_dependency(self.app.engine, name), 201 if outcome == "created" else 200
         )
 
     async def delete(self, name: str) -> None:
-        outcome = await store.delete_dependency(self.app.engine, name)
+        outcome = await dependencies.delete_dependency(self.app.engine, name)
         if outcome == "missing":
             raise _not_found("dependency", "name")
         if outcome == "refused":
@@ -231,11 +233,11 @@ class DependencyCheckHandler(AdminHandler):
     route = "/v1/dependencies/{name}/check"
 
     async def post(self, name: str) -> None:
-        dependency = await store.get_dependency(self.app.engine, name, raw=True)
+        dependency = await dependencies.get_dependency(self.app.engine, name, raw=True)
         if dependency is None:
             raise _not_found("dependency", "name")
         result = await checks.check_and_record(self.app.engine, dependency)
-        view = await store.get_dependency(self.app.engine, name)
+        view = await dependencies.get_dependency(self.app.engine, name)
         assert view is not None
         self.write_json(
             {

@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable
 from squall.core import metrics
 from squall.core.http import ApiError
 from squall.core.logs import error_text
+from squall.core.rules import RETRY_AFTER_OVERLOADED_SECONDS
 
 log = logging.getLogger("squall.gateway")
 
-RETRY_AFTER_SECONDS = "5"
 # How often a held submission looks at the backlog again (the count itself is at most a second old).
 RECHECK_SECONDS = 0.25
 
@@ -53,7 +53,7 @@ class Admission:
                     "overloaded",
                     f"{backlog} items wait to be processed, over the limit of {self.limit}; retry later",
                     None,
-                    {"Retry-After": RETRY_AFTER_SECONDS},
+                    {"Retry-After": str(RETRY_AFTER_OVERLOADED_SECONDS)},
                 )
             await asyncio.sleep(min(RECHECK_SECONDS, remaining))
             backlog = await self._read()

@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, cast
 
 import tornado.web
+from sqlalchemy.ext.asyncio import AsyncEngine
 from tornado.httputil import HTTPServerRequest
 
-from squall.core import metrics
-from squall.core.auth import Principal, grants
+from squall.core import metrics, otel, tracing
 from squall.core.http import ApiError, JsonHandler
-from squall.core.settings import SCOPES, Scope
+from squall.core.processings import Registry
+from squall.core.rules import LEGACY_SCOPES, SCOPES, Scope
+from squall.core.settings import Settings
 from squall.gateway import validation
-
-if TYPE_CHECKING:
-    from squall.gateway.app import GatewayApp
+from squall.gateway.auth import Authenticator, Principal, grants
+from squall.gateway.intake import Intake
 
 log = logging.getLogger("squall.gateway")
+
+
+class Gateway(Protocol):
+    """What a handler needs of the gateway's application (``app.GatewayApp`` provides it)."""
+
+    squall: Settings
+    registry: Registry
+    engine: AsyncEngine
+    authenticator: Authenticator
+    intake: Intake
 
 
 def record_request(handler: tornado.web.RequestHandler) -> None:
@@ -44,9 +55,6 @@ def observe_request(route: str, method: str | None, status: int, seconds: float)
 _METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"))
 
 
-_LEGACY_SCOPES = frozenset(("submit", "read"))
-
-
 def _unauthorized(message: str, error: str | None = None) -> ApiError:
     """401 with the RFC 6750 challenge (``error`` says why a given token was refused)."""
     challenge = 'Bearer realm="squall"' + (f', error="{error}"' if error else "")
@@ -54,7 +62,7 @@ def _unauthorized(message: str, error: str | None = None) -> ApiError:
 
 
 async def authorize(
-    app: GatewayApp, request: HTTPServerRequest, needed: Scope, legacy_route: bool = False
+    app: Gateway, request: HTTPServerRequest, needed: Scope, legacy_route: bool = False
 ) -> Principal:
     """The caller, if it may use this route now; else 401 (who?), 403 (not allowed), 429 (too fast)."""
     auth = app.authenticator
@@ -63,7 +71,7 @@ async def authorize(
     if not auth.settings.required:
         principal = Principal(f"address:{address}", frozenset(SCOPES))
     elif header is None and legacy_route and auth.legacy_trusted(address):
-        principal = Principal(f"address:{address}", _LEGACY_SCOPES)
+        principal = Principal(f"address:{address}", LEGACY_SCOPES)
     elif header is None:
         raise _unauthorized("this route needs a bearer token: Authorization: Bearer <token>")
     else:
@@ -88,7 +96,7 @@ async def authorize(
     return principal
 
 
-def read_json_body(app: GatewayApp, request: HTTPServerRequest) -> Any:
+def read_json_body(app: Gateway, request: HTTPServerRequest) -> Any:
     """A submission's body as JSON, in the order of the checks: media type, size, JSON (its depth is left
     to :func:`read_submission`)."""
     validation.check_json_content_type(request.headers.get("Content-Type"))
@@ -99,11 +107,11 @@ def read_json_body(app: GatewayApp, request: HTTPServerRequest) -> Any:
 
 
 def read_submission(
-    app: GatewayApp, request: HTTPServerRequest, parse: validation.SubmissionParser
+    app: Gateway, request: HTTPServerRequest, parse: validation.SubmissionParser
 ) -> validation.Submission:
     """The body as a submission: :func:`read_json_body`, then its fields. A submission's fields nest a few
-    levels at most, so the depth is checked only when they are refused (45 % of the CPU of reading a
-    100-item body, ``python -m bench.validation``), and a document too deep is still refused as such."""
+    levels at most, so the depth is checked only when they are refused (it was a large share of the CPU of
+    reading a body, ``python -m bench.validation``), and a document too deep is still refused as such."""
     gw = app.squall.gateway
     doc = read_json_body(app, request)
     try:
@@ -116,15 +124,14 @@ def read_submission(
 class BaseHandler(JsonHandler):
     """Shared behaviour of every gateway route: authentication, rate limits, body parsing."""
 
-    application: GatewayApp
     scope: Scope | dict[str, Scope] | None = "read"
     """The scope a route needs: one for every method, by method, or None for a public route."""
     legacy_route = False  # old clients in SQUALL_AUTH__LEGACY_TRUSTED_NETWORKS may call it without a token
     principal: Principal | None = None
 
     @property
-    def app(self) -> GatewayApp:
-        return self.application
+    def app(self) -> Gateway:
+        return cast(Gateway, self.application)
 
     async def prepare(self) -> None:
         needed = self.scope.get(self.request.method or "") if isinstance(self.scope, dict) else self.scope
@@ -136,3 +143,28 @@ class BaseHandler(JsonHandler):
 
     def read_submission(self, parse: validation.SubmissionParser) -> validation.Submission:
         return read_submission(self.app, self.request, parse)
+
+
+def begin_intake_trace(route: str, header: str | None) -> otel.Span | None:
+    """A request that starts work continues the caller's W3C trace: as a server span when spans are
+    exported (begun before authentication, so refusals are traced too), else as the current context."""
+    if otel.tracer is None:
+        tracing.begin(tracing.continue_from(header))
+        return None
+    return otel.begin_server("POST", route, header)
+
+
+class IntakeHandler(BaseHandler):
+    """A route whose POST starts work (a replay, a legacy submission): see :func:`begin_intake_trace`."""
+
+    _span: otel.Span | None = None
+
+    async def prepare(self) -> None:
+        if self.request.method == "POST":
+            self._span = begin_intake_trace(self.route, self.request.headers.get(tracing.HEADER))
+        await super().prepare()
+
+    def on_finish(self) -> None:
+        if self._span is not None:
+            otel.end_server(self._span, self.get_status())
+        super().on_finish()

@@ -10,6 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from squall.core.http import ApiError
+from squall.core.store import reads
+from squall.core.store.reads import present_rid
+from squall.gateway import validation
+from squall.gateway.base import IntakeHandler
+
 CONTENT_TYPE = 'application/json; charset="utf-8"'
 DONE = "done (request into our db)"
 STARTED = "started (put request into our db)"
@@ -35,3 +41,53 @@ def status_body(request: dict[str, Any]) -> dict[str, Any]:
         "jobtodo": [i["job"] for i in items],
         "results": [i["result"] for i in items],
     }
+
+
+class LegacyHandler(IntakeHandler):
+    """The original example's contract, kept so its clients and their own scripts work unchanged: the
+    original's status codes, its POST answer, and bodies read whatever their ``Content-Type`` claims."""
+
+    route = "/number_request"
+    scope = {"POST": "submit", "GET": "read"}
+    legacy_route = True
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Content-Type", CONTENT_TYPE)
+
+    async def post(self) -> None:
+        gw = self.app.squall.gateway
+        if len(self.request.body) > gw.max_body_bytes:
+            raise ApiError(
+                413, "body_too_large", f"the body is larger than {gw.max_body_bytes} bytes", "body"
+            )
+        doc = validation.legacy_document(self.request.body)
+        sub = validation.parse_legacy_submission(doc, self.app.registry, gw.max_items, gw.max_rid_length)
+        accepted = await self.app.intake.submit(sub)
+        task_id = str(accepted.task_id)
+        if gw.legacy_post_answer == "original":
+            self.set_status(201)
+            self.finish(original_post_body(task_id))
+        else:
+            self.write_json({"task_id": task_id, "rid": present_rid(sub.rid, sub.rid_is_int)}, 201)
+
+    async def get(self) -> None:
+        lookup = validation.legacy_lookup(self.request.body, self.request.query_arguments)
+        if "rid" in lookup:  # the original looked a rid up first, whatever else was given
+            if lookup["rid"] is None:
+                raise ApiError(422, "invalid_type", "rid must be an integer or a string", "rid")
+            rid = validation.parse_rid(lookup["rid"], self.app.squall.gateway.max_rid_length)[0]
+        else:
+            task_id = validation.parse_task_id(lookup["task_id"])
+            of_task = await reads.rid_of_task(self.app.engine, task_id) if task_id else None
+            if of_task is None:
+                # The original's 201 and status, with the error beside it for clients that read one.
+                error = ApiError(404, "not_found", "no request with this task_id", "task_id")
+                self.write_json({"status": UNKNOWN_TASK, **error.body()}, 201)
+                return
+            rid = of_task
+        request = await reads.get_request(self.app.engine, rid)
+        if request is None:
+            self.write_json(UNKNOWN_RID, 200)
+            return
+        self.write_json(status_body(request), 201)

@@ -1,7 +1,7 @@
 """``GET /v1/stats``, the state gauges (squall_requests, squall_items, squall_dead_tasks,
 squall_backlog_items) and the backlog the admission control reads.
 
-All come from one count query (``store.read_stats``), cached for a second with at most one query in
+All come from one count query (``counters.read_stats``), cached for a second with at most one query in
 flight per gateway: a load tool polling every second, Prometheus scraping, ``squall top`` and the
 submissions' admission together cost PostgreSQL one cheap statement a second per gateway, however many
 callers there are.
@@ -17,9 +17,10 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import metrics, store
+from squall.core import metrics
 from squall.core.http import MetricsHandler
 from squall.core.logs import error_text
+from squall.core.store import counters
 from squall.gateway.base import BaseHandler
 
 log = logging.getLogger("squall.gateway")
@@ -33,14 +34,14 @@ class StatsCache:
     def __init__(self, engine: AsyncEngine, max_age: float = CACHE_SECONDS) -> None:
         self.engine = engine
         self.max_age = max_age
-        self._stats: store.Stats | None = None
+        self._stats: counters.Stats | None = None
         self._read_at = 0.0
-        self._refresh: asyncio.Future[store.Stats] | None = None
+        self._refresh: asyncio.Future[counters.Stats] | None = None
 
     async def backlog_items(self) -> int:
         return (await self.get()).backlog_items
 
-    async def get(self) -> store.Stats:
+    async def get(self) -> counters.Stats:
         if self._stats is not None and time.monotonic() - self._read_at < self.max_age:
             return self._stats
         if self._refresh is None:
@@ -49,9 +50,9 @@ class StatsCache:
         # shield: a caller that goes away (client disconnected) must not cancel the others' query.
         return await asyncio.shield(refresh)
 
-    async def _read(self) -> store.Stats:
+    async def _read(self) -> counters.Stats:
         try:
-            stats = await store.read_stats(self.engine)
+            stats = await counters.read_stats(self.engine)
         finally:
             self._refresh = None
         self._stats, self._read_at = stats, time.monotonic()
@@ -59,7 +60,7 @@ class StatsCache:
         return stats
 
 
-def export(stats: store.Stats) -> None:
+def export(stats: counters.Stats) -> None:
     metrics.BACKLOG_ITEMS.set(stats.backlog_items)
     metrics.REQUESTS.labels("pending").set(stats.accepted - stats.processed)
     metrics.REQUESTS.labels("processed").set(stats.processed)
@@ -70,7 +71,7 @@ def export(stats: store.Stats) -> None:
         metrics.DEAD_TASKS.labels(processing).set(stats.dead_tasks.get(processing, 0))
 
 
-def as_json(stats: store.Stats) -> dict[str, Any]:
+def as_json(stats: counters.Stats) -> dict[str, Any]:
     return {
         "requests": {
             "accepted": stats.accepted,

@@ -15,11 +15,17 @@ import orjson
 
 from squall.core.events import ItemFields
 from squall.core.http import ApiError
+from squall.core.rules import (
+    MAX_JSON_DEPTH,
+    MAX_TASK_PAGE,
+    NAME_MAX_LENGTH,
+    RID_PATTERN,
+    TASK_KINDS,
+    TASK_STATES,
+)
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-RID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
-MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -318,10 +324,7 @@ def legacy_lookup(body: bytes, query: dict[str, list[bytes]]) -> dict[str, Any]:
     return found
 
 
-TASK_STATES = ("queued", "running", "succeeded", "failed", "dead")
-TASK_KINDS = ("request", "poll")
 TASK_QUERY_FIELDS = ("state", "kind", "processing", "limit", "cursor")
-MAX_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -344,14 +347,16 @@ def parse_task_query(args: dict[str, str]) -> TaskQuery:
     if kind is not None and kind not in TASK_KINDS:
         raise ApiError(422, "invalid_value", f"kind must be one of {', '.join(TASK_KINDS)}", "kind")
     processing = args.get("processing")
-    if processing is not None and len(processing) > 63:
-        raise ApiError(422, "invalid_value", "processing is at most 63 characters", "processing")
+    if processing is not None and len(processing) > NAME_MAX_LENGTH:
+        raise ApiError(
+            422, "invalid_value", f"processing is at most {NAME_MAX_LENGTH} characters", "processing"
+        )
     try:
         limit = int(args.get("limit", "50"))
     except ValueError:
         raise ApiError(422, "invalid_type", "limit must be an integer", "limit") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise ApiError(422, "out_of_range", f"limit must be between 1 and {MAX_PAGE}", "limit")
+    if not 1 <= limit <= MAX_TASK_PAGE:
+        raise ApiError(422, "out_of_range", f"limit must be between 1 and {MAX_TASK_PAGE}", "limit")
     return TaskQuery(state, kind, processing, limit, decode_cursor(args.get("cursor")))
 
 

@@ -23,8 +23,10 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import store
-from squall.core.settings import AuthSettings, Scope
+from squall.core.lifecycle import StartupError
+from squall.core.rules import Scope
+from squall.core.settings import AuthSettings
+from squall.core.store import tokens
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ class TokenEntry(BaseModel):
 _ENTRIES = TypeAdapter(list[TokenEntry])
 
 
-class TokensFileError(Exception):
+class TokensFileError(StartupError):
     pass
 
 
@@ -187,7 +189,7 @@ class Authenticator:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        row = await store.find_token(self.engine, digest)
+        row = await tokens.find_token(self.engine, digest)
         principal = (
             Principal(row.name, frozenset(row.scopes), row.rate_per_second, row.burst) if row else None
         )

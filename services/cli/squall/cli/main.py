@@ -12,7 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from squall.core.settings import load_settings
 
@@ -65,7 +65,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from squall.core.dev import DevOptions, run_dev
+    from squall.cli.dev import DevOptions, run_dev
 
     run_dev(
         DevOptions(
@@ -85,8 +85,9 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     """``squall tokens create|list|revoke``: API tokens in PostgreSQL (or an entry for a tokens file)."""
     import asyncio
 
-    from squall.core import auth, store
     from squall.core.db import create_engine
+    from squall.core.store import tokens
+    from squall.gateway import auth
 
     if args.action == "create":
         if not auth.TOKEN_NAME.fullmatch(args.name):
@@ -113,17 +114,17 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         try:
             if args.action == "create":
                 try:
-                    await store.create_token(
+                    await tokens.create_token(
                         engine, args.name, entry["sha256"], entry["scopes"], args.rate, args.burst
                     )
-                except store.TokenExists:
+                except tokens.TokenExists:
                     _err(f"squall tokens: a token named {args.name!r} exists (names are not reused)")
                     return 1
                 _err(f"token {args.name!r} ({', '.join(entry['scopes'])}) created; it is shown once, here:")
                 _out(token)
             elif args.action == "list":
-                _out(json.dumps(await store.list_tokens(engine), indent=2))
-            elif not await store.revoke_token(engine, args.name):
+                _out(json.dumps(await tokens.list_tokens(engine), indent=2))
+            elif not await tokens.revoke_token(engine, args.name):
                 _err(f"squall tokens: no live token named {args.name!r}")
                 return 1
             else:
@@ -137,7 +138,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from squall.core import top
+    from squall.cli import top
 
     return top.run(args.url, args.token, args.interval, args.once)
 
@@ -265,6 +266,10 @@ def _at_least(low: float, kind: type[Any]) -> Any:
     return parse
 
 
+# What add_subparsers returns (a string: the class is generic only to type checkers).
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="squall",
@@ -272,7 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
         "and PostgreSQL). Settings come from SQUALL_* environment variables; see the README.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The order of these calls is the order of the commands in --help.
+    _add_dev_command(sub)
+    _add_service_commands(sub)
+    _add_tokens_command(sub)
+    _add_migrate_command(sub)
+    _add_client_commands(sub)
+    _add_top_command(sub)
+    return parser
 
+
+def _add_dev_command(sub: _Commands) -> None:
     dev = sub.add_parser("dev", help="run the whole system locally (embedded NATS and PostgreSQL by default)")
     dev.add_argument("--port", type=int, default=8888, help="gateway port (default 8888)")
     dev.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
@@ -283,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--state-file", default=None, help="process table JSON (default DATA_DIR/dev.json)")
     dev.set_defaults(func=cmd_dev)
 
+
+def _add_service_commands(sub: _Commands) -> None:
+    """One command per role: each runs one service in the foreground."""
     for name, func, text in (
         ("gateway", cmd_gateway, "run the HTTP API"),
         ("processor", cmd_processor, "run a processor"),
@@ -290,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(name, help=text).set_defaults(func=func)
 
+
+def _add_tokens_command(sub: _Commands) -> None:
     tokens = sub.add_parser("tokens", help="create, list or revoke API tokens (in PostgreSQL)")
     tokens_sub = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = tokens_sub.add_parser("create", help="make a token and print it once")
@@ -320,10 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     tokens.set_defaults(func=cmd_tokens)
 
+
+def _add_migrate_command(sub: _Commands) -> None:
     mig = sub.add_parser("migrate", help="apply database migrations (Alembic)")
     mig.add_argument("--revision", default="head", help="target revision (default head)")
     mig.set_defaults(func=cmd_migrate)
 
+
+def _add_client_commands(sub: _Commands) -> None:
+    """``submit`` and ``status``: clients of the HTTP API."""
     submit = sub.add_parser("submit", help="submit numbers to a processing over the HTTP API")
     submit.add_argument("numbers", nargs="*", help="integers to submit")
     submit.add_argument("--job", default="sum", help="processing name (default sum)")
@@ -349,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(func=cmd_status)
 
+
+def _add_top_command(sub: _Commands) -> None:
     top = sub.add_parser(
         "top", help="a live view: intake and completion rates, backlog, dependencies, dead letters"
     )
@@ -363,7 +390,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="print one screen (two reads --interval apart) and exit"
     )
     top.set_defaults(func=cmd_top)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from squall.core import checks, schedules
+from squall.core import schedules, targets
+from squall.core.rules import MisfirePolicy
 
 SCHEDULE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 DEPENDENCY_NAME = SCHEDULE_NAME
@@ -32,7 +33,7 @@ class ScheduleFields(_Strict):
     enabled: bool | None = None
     batch_size: int | None = Field(None, ge=1, le=100_000, description="Items per poll task.")
     max_batches_per_tick: int | None = Field(None, ge=1, le=1000, description="Poll tasks a tick may emit.")
-    misfire_policy: Literal["skip", "run_once", "catch_up"] | None = None
+    misfire_policy: MisfirePolicy | None = None
     catch_up_limit: int | None = Field(None, ge=1, le=10_000, description="Late ticks catch_up may run.")
     jitter_seconds: float | None = Field(None, ge=0, le=3600, description="Delay of each tick, up to this.")
 
@@ -89,5 +90,5 @@ class DependencyPut(_Strict):
     @classmethod
     def _target(cls, value: str, info: ValidationInfo) -> str:
         if "kind" in info.data:
-            checks.validate_target(info.data["kind"], value)
+            targets.validate_target(info.data["kind"], value)
         return value

@@ -94,27 +94,46 @@ def render(current: Snapshot, previous: Snapshot | None, url: str, interval: flo
     before = previous.answers.get("stats") if previous is not None else None
 
     stats = current.answers.get("stats")
-    if stats is None:
-        lines.append(f"requests     {current.errors.get('stats', 'no answer')}")
-        items: dict[str, dict[str, int]] = {}
-    else:
-        req, old = stats["requests"], (before or {}).get("requests", {})
-        intake = _rate(req["accepted"], old.get("accepted"), seconds)
-        completion = _rate(req["processed"], old.get("processed"), seconds)
-        unrecorded = req["accepted"] - req["recorded"]
-        lines.append(f"requests     accepted  {req['accepted']:>12,}   intake     {intake:>12}")
-        lines.append(f"             processed {req['processed']:>12,}   completion {completion:>12}")
-        lines.append(f"             pending   {req['pending']:>12,}   not recorded yet {unrecorded:,}")
-        items = stats["items"]
+    lines += _requests_section(current, before, seconds)
+    items: dict[str, dict[str, int]] = {} if stats is None else stats["items"]
     lines.append("")
+    lines += _processings_section(current, stats, before, items, seconds)
+    lines.append("")
+    lines += _dependencies_section(current)
+    lines.append("")
+    lines += _scheduler_section(current)
+    lines.append("")
+    lines += _dead_letters_section(current)
+    return lines
 
+
+def _requests_section(current: Snapshot, before: Any, seconds: float) -> list[str]:
+    """Request totals and the intake and completion rates since the previous refresh."""
+    stats = current.answers.get("stats")
+    if stats is None:
+        return [f"requests     {current.errors.get('stats', 'no answer')}"]
+    req, old = stats["requests"], (before or {}).get("requests", {})
+    intake = _rate(req["accepted"], old.get("accepted"), seconds)
+    completion = _rate(req["processed"], old.get("processed"), seconds)
+    unrecorded = req["accepted"] - req["recorded"]
+    return [
+        f"requests     accepted  {req['accepted']:>12,}   intake     {intake:>12}",
+        f"             processed {req['processed']:>12,}   completion {completion:>12}",
+        f"             pending   {req['pending']:>12,}   not recorded yet {unrecorded:,}",
+    ]
+
+
+def _processings_section(
+    current: Snapshot, stats: Any, before: Any, items: dict[str, dict[str, int]], seconds: float
+) -> list[str]:
+    """One row per processing known to /v1/stats or /v1/processings."""
     processings = {p["name"]: p for p in current.answers.get("processings", {}).get("processings", [])}
     dead_counts = (stats or {}).get("dead_tasks", {})
     old_items = (before or {}).get("items", {})
-    lines.append(
+    lines = [
         f"{'processing':<16}{'mode':<10}{'backlog':>10}{'claimable':>11}{'done':>12}{'failed':>9}{'dead':>6}"
         f"{'done/s':>11}  state"
-    )
+    ]
     for name in sorted({*items, *processings}):
         counts = items.get(name, {"pending": 0, "done": 0, "failed": 0})
         view = processings.get(name, {})
@@ -127,45 +146,47 @@ def render(current: Snapshot, previous: Snapshot | None, url: str, interval: flo
         )
     if "processings" in current.errors:
         lines.append(f"  (processings: {current.errors['processings']})")
-    lines.append("")
+    return lines
 
-    lines.append("dependencies")
+
+def _dependencies_section(current: Snapshot) -> list[str]:
+    lines = ["dependencies"]
     if "dependencies" in current.errors:
         lines.append(f"  {current.errors['dependencies']}")
-    else:
-        deps = current.answers.get("dependencies", {}).get("dependencies", [])
-        if not deps:
-            lines.append("  (none configured)")
-        for dep in deps:
-            error = (
-                f"  {_short(dep['last_error'], 50)}" if dep.get("last_error") and dep["state"] != "up" else ""
-            )
-            name, since = _short(dep["name"], 20), _clock(dep.get("since"))
-            lines.append(f"  {name:<22}{dep['kind']:<8}{dep['state'].upper():<9}since {since}{error}")
-    lines.append("")
+        return lines
+    deps = current.answers.get("dependencies", {}).get("dependencies", [])
+    if not deps:
+        lines.append("  (none configured)")
+    for dep in deps:
+        error = f"  {_short(dep['last_error'], 50)}" if dep.get("last_error") and dep["state"] != "up" else ""
+        name, since = _short(dep["name"], 20), _clock(dep.get("since"))
+        lines.append(f"  {name:<22}{dep['kind']:<8}{dep['state'].upper():<9}since {since}{error}")
+    return lines
 
+
+def _scheduler_section(current: Snapshot) -> list[str]:
     if "schedulers" in current.errors:
-        lines.append(f"scheduler    {current.errors['schedulers']}")
-    else:
-        view = current.answers.get("schedulers", {})
-        instances = len(view.get("instances", []))
-        leader = view.get("leader") or "NONE (no scheduler leads: no polling tasks are emitted)"
-        lines.append(f"scheduler    leader {leader}  ({instances} instance{'s' if instances != 1 else ''})")
-    lines.append("")
+        return [f"scheduler    {current.errors['schedulers']}"]
+    view = current.answers.get("schedulers", {})
+    instances = len(view.get("instances", []))
+    leader = view.get("leader") or "NONE (no scheduler leads: no polling tasks are emitted)"
+    return [f"scheduler    leader {leader}  ({instances} instance{'s' if instances != 1 else ''})"]
 
-    lines.append(f"dead letters (latest {DEAD_LETTERS})")
+
+def _dead_letters_section(current: Snapshot) -> list[str]:
+    lines = [f"dead letters (latest {DEAD_LETTERS})"]
     if "dead" in current.errors:
         lines.append(f"  {current.errors['dead']}")
-    else:
-        dead = current.answers.get("dead", {}).get("tasks", [])
-        if not dead:
-            lines.append("  (none)")
-        for task in dead:
-            processing = _short(task.get("processing") or "-", 14)
-            lines.append(
-                f"  {_clock(task.get('updated_at'))}  {task['task_id']}  {processing:<15}"
-                f"{_short(task.get('error') or '', 60)}"
-            )
+        return lines
+    dead = current.answers.get("dead", {}).get("tasks", [])
+    if not dead:
+        lines.append("  (none)")
+    for task in dead:
+        processing = _short(task.get("processing") or "-", 14)
+        lines.append(
+            f"  {_clock(task.get('updated_at'))}  {task['task_id']}  {processing:<15}"
+            f"{_short(task.get('error') or '', 60)}"
+        )
     return lines
 
 

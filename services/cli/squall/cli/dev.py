@@ -19,10 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from squall.cli.embedded import NatsServer, PostgresServer, die_with_parent, free_port
 from squall.core import migrate
-from squall.core.embedded import NatsServer, PostgresServer, die_with_parent, free_port
 from squall.core.logs import configure_logging
-from squall.core.settings import load_settings, redact_url
+from squall.core.settings import load_settings
+from squall.core.targets import redact_url
 
 log = logging.getLogger("squall.dev")
 
@@ -96,7 +97,7 @@ class Supervisor:
             # Open by default on a laptop; SQUALL_AUTH__REQUIRED=true tries the production behaviour.
             "SQUALL_AUTH__REQUIRED": os.environ.get("SQUALL_AUTH__REQUIRED", "false"),
         }
-        role = [sys.executable, "-m", "squall.core.cli"]
+        role = [sys.executable, "-m", "squall.cli"]
         gateways = self.options.gateways
         for index in range(1, gateways + 1):
             name = "gateway" if gateways == 1 else f"gateway-{index}"
@@ -116,38 +117,26 @@ class Supervisor:
                     self.options.port,
                 )
             )
-        for index in range(1, self.options.processors + 1):
-            port = free_port()
-            self.children.append(
-                Child(
-                    "processor",
-                    f"processor-{index}",
-                    [*role, "processor"],
-                    {
-                        **common,
-                        "SQUALL_PROCESSOR__HTTP_PORT": str(port),
-                        "SQUALL_PROCESSOR__HTTP_HOST": self.options.host,
-                        "SQUALL_INSTANCE_ID": f"processor-{index}",
-                    },
-                    port,
+        # Processors, then schedulers: each on a free port of its own (SQUALL_<SERVICE>__HTTP_PORT).
+        instances = {"processor": self.options.processors, "scheduler": self.options.schedulers}
+        for service, count in instances.items():
+            for index in range(1, count + 1):
+                port = free_port()
+                name = f"{service}-{index}"
+                self.children.append(
+                    Child(
+                        service,
+                        name,
+                        [*role, service],
+                        {
+                            **common,
+                            f"SQUALL_{service.upper()}__HTTP_PORT": str(port),
+                            f"SQUALL_{service.upper()}__HTTP_HOST": self.options.host,
+                            "SQUALL_INSTANCE_ID": name,
+                        },
+                        port,
+                    )
                 )
-            )
-        for index in range(1, self.options.schedulers + 1):
-            port = free_port()
-            self.children.append(
-                Child(
-                    "scheduler",
-                    f"scheduler-{index}",
-                    [*role, "scheduler"],
-                    {
-                        **common,
-                        "SQUALL_SCHEDULER__HTTP_PORT": str(port),
-                        "SQUALL_SCHEDULER__HTTP_HOST": self.options.host,
-                        "SQUALL_INSTANCE_ID": f"scheduler-{index}",
-                    },
-                    port,
-                )
-            )
 
     async def spawn(self, child: Child) -> None:
         child.process = await asyncio.create_subprocess_exec(
