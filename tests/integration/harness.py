@@ -350,3 +350,22 @@ class ProcessorProcesses(ServiceProcesses):
 
     def start(self, name: str, **extra_env: str) -> subprocess.Popen[bytes]:  # type: ignore[override]
         return super().start("processor", name, **extra_env)
+
+
+def squall_cli(
+    settings: Settings, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real ``squall`` command against the test database (``env``: more SQUALL_* settings)."""
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")},
+        "PYTHONPATH": str(ROOT),
+        "SQUALL_DATABASE_URL": settings.database_url,
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "squall.cli", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -18,19 +18,7 @@ import pytest
 
 from squall.core.settings import Settings
 from squall.gateway import auth
-from tests.integration.harness import ROOT, System, make_settings, wait_for
-
-
-def squall_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real ``squall`` command against the test database."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")},
-        "PYTHONPATH": str(ROOT),
-        "SQUALL_DATABASE_URL": settings.database_url,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "squall.cli", *args], env=env, capture_output=True, text=True, timeout=60
-    )
+from tests.integration.harness import ROOT, System, make_settings, squall_cli, wait_for
 
 
 async def create_token(settings: Settings, name: str, *scopes: str, extra: tuple[str, ...] = ()) -> str:

@@ -47,3 +47,17 @@ def test_first_screen_has_no_rates_and_failed_sections_say_why() -> None:
     screen = "\n".join(render(only, None, "http://gw", 1.0))
     assert re.search(r"intake +-\n", screen)
     assert "HTTP 403: forbidden" in screen
+
+
+def test_the_database_line_shows_the_size_and_the_oldest_finished_request() -> None:
+    retention = {
+        "finished_seconds": 7 * 86_400,
+        "oldest_finished_seconds": {"requests": 3 * 3600, "tasks": None},
+        "table_bytes": {"requests": 3 * 2**20, "items": 2**19},
+    }
+    screen = render(Snapshot(at=1.0, answers={"retention": retention}), None, "http://gw", 1.0)
+    (line,) = [line for line in screen if line.startswith("database")]
+    assert line.split(maxsplit=1)[1] == "3.5 MiB of work, oldest finished request 3.0 h (kept 7.0 d)"
+    forever = {**retention, "finished_seconds": 0, "oldest_finished_seconds": {"requests": None}}
+    screen = render(Snapshot(at=1.0, answers={"retention": forever}), None, "http://gw", 1.0)
+    assert any(line.endswith("no finished request kept (kept forever)") for line in screen)

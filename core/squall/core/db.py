@@ -64,6 +64,12 @@ tasks = Table(
     Index("tasks_dead_processing", "processing", postgresql_where=text("state = 'dead'")),
     # GET /v1/tasks pages newest first: read from here, not by sorting the whole table (migration 0014).
     Index("tasks_newest_first", "created_at", "id"),
+    # Retention takes the oldest finished poll tasks first (migration 0015).
+    Index(
+        "tasks_poll_finished_at",
+        "finished_at",
+        postgresql_where=text("kind = 'poll' AND finished_at IS NOT NULL"),
+    ),
 )
 
 requests = Table(
@@ -94,6 +100,8 @@ requests = Table(
         postgresql_include=["item_count"],
         postgresql_where=text("payload IS NOT NULL"),
     ),
+    # Retention takes the oldest processed requests first (migration 0015).
+    Index("requests_processed_at", "processed_at", postgresql_where=text("processed")),
     # Rows up to a page are stored uncompressed: pglz on every payload cost a fifth of PostgreSQL's CPU on
     # 100-item requests (migration 0013).
     postgresql_with={"toast_tuple_target": 8160},

@@ -71,6 +71,25 @@ IN_FLIGHT = Gauge("squall_processor_in_flight_tasks", "Messages a processor hold
 SCHEDULER_TICKS = Counter(
     "squall_scheduler_ticks_total", "Ticks recorded by the leader.", ["schedule", "outcome"]
 )
+RETENTION_DELETED = Counter(
+    "squall_retention_deleted_total", "Rows of finished work deleted by retention, by table.", ["table"]
+)
+RETENTION_OLDEST = Gauge(
+    "squall_retention_oldest_seconds",
+    "Age of the oldest finished row still kept, dead letters left out: a processed request, a finished poll "
+    "task (0: none).",
+    ["table"],
+)
+RETENTION_PERIOD = Gauge(
+    "squall_retention_period_seconds",
+    "The retention periods in force (finished, dead; 0: forever).",
+    ["kind"],
+)
+DB_TABLE_BYTES = Gauge(
+    "squall_db_table_bytes",
+    "Bytes on disk of a table of work, its indexes and TOAST included (sampled at each retention pass).",
+    ["table"],
+)
 SCHEDULER_IS_LEADER = Gauge("squall_scheduler_is_leader", "1 while this scheduler replica leads.")
 SCHEDULER_TICK_LAG = Histogram(
     "squall_scheduler_tick_lag_seconds",

@@ -149,6 +149,33 @@ class SchedulerSettings(OpsServerSettings):
     )
 
 
+class RetentionSettings(BaseModel):
+    """How long finished work is kept in PostgreSQL; the scheduler's leader deletes what is older."""
+
+    finished_seconds: float = Field(
+        7 * 86_400,
+        ge=0,
+        description="A request whose items are all done is deleted, with its items, results and task, this "
+        "long after it was processed; a finished poll task this long after it finished (0: kept forever).",
+    )
+    dead_seconds: float = Field(
+        30 * 86_400,
+        ge=0,
+        description="Dead letters (a request with a failed item or a dead task, a dead poll task) are kept "
+        "this long, for replay (0: kept forever).",
+    )
+    interval_seconds: float = Field(
+        60.0, gt=0, le=86_400, description="How often the scheduler's leader runs a retention pass."
+    )
+    batch_size: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Requests (or poll tasks) deleted per statement: each statement is short, so intake and "
+        "processing wait on none of its locks for long; a pass repeats until nothing expired is left.",
+    )
+
+
 class NatsSettings(BaseModel):
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of Squall's streams.")
     duplicate_window_seconds: float = Field(
@@ -337,6 +364,7 @@ class Settings(BaseSettings):
     nats: NatsSettings = Field(default_factory=NatsSettings)  # type: ignore[arg-type]
     auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
     otel: OtelSettings = Field(default_factory=OtelSettings)  # type: ignore[arg-type]
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)  # type: ignore[arg-type]
 
     @field_validator("database_url")
     @classmethod

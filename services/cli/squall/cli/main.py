@@ -64,6 +64,29 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """``squall prune [--dry-run]``: one retention pass now (what the scheduler's leader runs every
+    SQUALL_RETENTION__INTERVAL_SECONDS); prints the rows deleted (or that would be) by table, as JSON."""
+    import asyncio
+
+    from squall.core.db import create_engine
+    from squall.core.store import retention
+
+    settings = load_settings()
+    periods = retention.Periods.of(settings.retention.finished_seconds, settings.retention.dead_seconds)
+
+    async def run() -> retention.Deleted:
+        engine = create_engine(settings)
+        try:
+            return await retention.run_pass(engine, periods, settings.retention.batch_size, args.dry_run)
+        finally:
+            await engine.dispose()
+
+    deleted = asyncio.run(run())
+    _out(json.dumps({"dry_run": args.dry_run, "deleted": deleted.rows}))
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from squall.cli.dev import DevOptions, run_dev
 
@@ -345,6 +368,11 @@ def _add_migrate_command(sub: _Commands) -> None:
     mig = sub.add_parser("migrate", help="apply database migrations (Alembic)")
     mig.add_argument("--revision", default="head", help="target revision (default head)")
     mig.set_defaults(func=cmd_migrate)
+    prune = sub.add_parser(
+        "prune", help="delete finished work older than its retention period now (SQUALL_RETENTION__*)"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+    prune.set_defaults(func=cmd_prune)
 
 
 def _add_client_commands(sub: _Commands) -> None:

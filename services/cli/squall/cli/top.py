@@ -1,7 +1,8 @@
 """``squall top``: a live terminal view of a running Squall, read from the gateway's HTTP API.
 
 Every refresh reads ``GET /v1/stats`` (totals), ``/v1/processings`` (paused, claimable now),
-``/v1/dependencies``, ``/v1/schedulers`` (leader) and ``/v1/tasks?state=dead&limit=5`` (latest dead letters);
+``/v1/dependencies``, ``/v1/schedulers`` (leader), ``/v1/tasks?state=dead&limit=5`` (latest dead letters) and
+``/v1/retention`` (the database's size, the oldest finished work kept);
 rates are the differences between two refreshes. A section whose endpoint fails says so; the others still
 show. Plain ANSI redraw: no terminal library needed.
 """
@@ -37,6 +38,7 @@ ENDPOINTS = {
     "dependencies": "/v1/dependencies",
     "schedulers": "/v1/schedulers",
     "dead": f"/v1/tasks?state=dead&limit={DEAD_LETTERS}",
+    "retention": "/v1/retention",
 }
 
 
@@ -102,6 +104,7 @@ def render(current: Snapshot, previous: Snapshot | None, url: str, interval: flo
     lines += _dependencies_section(current)
     lines.append("")
     lines += _scheduler_section(current)
+    lines += _database_section(current)
     lines.append("")
     lines += _dead_letters_section(current)
     return lines
@@ -171,6 +174,26 @@ def _scheduler_section(current: Snapshot) -> list[str]:
     instances = len(view.get("instances", []))
     leader = view.get("leader") or "NONE (no scheduler leads: no polling tasks are emitted)"
     return [f"scheduler    leader {leader}  ({instances} instance{'s' if instances != 1 else ''})"]
+
+
+def _database_section(current: Snapshot) -> list[str]:
+    """The size of the tables of work, and how old the oldest finished request kept is."""
+    if "retention" in current.errors:
+        return [f"database     {current.errors['retention']}"]
+    view = current.answers.get("retention", {})
+    total = sum(view.get("table_bytes", {}).values())
+    oldest = (view.get("oldest_finished_seconds") or {}).get("requests")
+    kept = "no finished request kept" if oldest is None else f"oldest finished request {_duration(oldest)}"
+    period = view.get("finished_seconds") or 0
+    retention = f"kept {_duration(period)}" if period else "kept forever"
+    return [f"database     {total / 2**20:,.1f} MiB of work, {kept} ({retention})"]
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _dead_letters_section(current: Snapshot) -> list[str]:

@@ -135,6 +135,13 @@ def openapi_spec(processings: list[str], max_rid_length: int) -> dict[str, Any]:
                 "responses": {"200": json_answer(ref("Stats"), "The totals."), **error_answers(503)},
             }
         },
+        "/v1/retention": {
+            "get": {
+                "operationId": "getRetention",
+                "summary": "Retention periods, the oldest finished work kept, and each table's size on disk.",
+                "responses": {"200": json_answer(ref("Retention"), "Retention."), **error_answers(503)},
+            }
+        },
         "/v1/openapi.json": {
             "get": {
                 "operationId": "getOpenApi",

@@ -197,9 +197,40 @@ def component_schemas(processings: list[str], max_rid_length: int) -> dict[str, 
         },
         "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
         "Stats": _stats_schema(),
+        "Retention": _retention_schema(),
     }
     schemas.update(_admin_schemas())
     return schemas
+
+
+def _retention_schema() -> dict[str, Any]:
+    seconds = {"type": "number", "minimum": 0}
+    tables = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+    return {
+        "type": "object",
+        "required": [
+            "finished_seconds",
+            "dead_seconds",
+            "interval_seconds",
+            "oldest_finished_seconds",
+            "table_bytes",
+        ],
+        "properties": {
+            "finished_seconds": {**seconds, "description": "Finished work is kept this long (0: forever)."},
+            "dead_seconds": {**seconds, "description": "Dead letters are kept this long (0: forever)."},
+            "interval_seconds": {**seconds, "description": "How often the scheduler's leader runs a pass."},
+            "oldest_finished_seconds": {
+                "type": "object",
+                "description": "Age of the oldest finished request and poll task kept, dead letters left out "
+                "(null: none).",
+                "additionalProperties": {"type": ["number", "null"]},
+            },
+            "table_bytes": {
+                **tables,
+                "description": "Bytes on disk of each table, indexes and TOAST included.",
+            },
+        },
+    }
 
 
 def _stats_schema() -> dict[str, Any]:

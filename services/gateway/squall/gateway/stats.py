@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from squall.core import metrics
 from squall.core.http import MetricsHandler
 from squall.core.logs import error_text
-from squall.core.store import counters
+from squall.core.store import counters, retention
 from squall.gateway.base import BaseHandler
 
 log = logging.getLogger("squall.gateway")
@@ -98,6 +98,29 @@ class StatsHandler(BaseHandler):
         self.write_json(as_json(await self.cache.get()))
 
 
+class RetentionHandler(BaseHandler):
+    """``GET /v1/retention``: the retention periods in force, the age of the oldest finished work kept, and
+    the size on disk of each table of work."""
+
+    route = "/v1/retention"
+    scope = "read"
+
+    async def get(self) -> None:
+        kept = self.app.squall.retention
+        async with self.app.engine.connect() as conn:
+            oldest = await retention.oldest_finished_seconds(conn)
+            sizes = await retention.table_bytes(conn)
+        self.write_json(
+            {
+                "finished_seconds": kept.finished_seconds,
+                "dead_seconds": kept.dead_seconds,
+                "interval_seconds": kept.interval_seconds,
+                "oldest_finished_seconds": oldest,
+                "table_bytes": sizes,
+            }
+        )
+
+
 class GatewayMetricsHandler(MetricsHandler):
     """The gateway's ``/metrics``: refreshes the state gauges (through the cache) before answering. Should
     PostgreSQL be unreachable the other metrics are still served, the state gauges with their last values."""
@@ -118,5 +141,6 @@ def routes(cache: StatsCache) -> list[tuple[str, type[Any], dict[str, Any]]]:
     """Listed before the shared operations routes, so this ``/metrics`` is the one that answers."""
     return [
         (r"/v1/stats", StatsHandler, {"cache": cache}),
+        (r"/v1/retention", RetentionHandler, {}),
         (r"/metrics", GatewayMetricsHandler, {"cache": cache}),
     ]

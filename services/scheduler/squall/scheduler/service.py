@@ -22,6 +22,7 @@ from squall.core.settings import Settings
 from squall.scheduler.duties.dependency_checks import DependencyChecks
 from squall.scheduler.duties.pending_gauge import PendingGauge
 from squall.scheduler.duties.pruning import Pruning
+from squall.scheduler.duties.retention import Retention
 from squall.scheduler.duties.ticks import Ticks
 from squall.scheduler.duty import DutyRunner
 from squall.scheduler.leadership import Leadership
@@ -51,6 +52,7 @@ class Scheduler:
                 DependencyChecks(engine),
                 PendingGauge(engine, registry),
                 Pruning(engine),
+                Retention(engine, settings.retention),
             ],
         )
 
