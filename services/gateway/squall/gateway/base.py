@@ -100,10 +100,15 @@ def read_json_body(app: Gateway, request: HTTPServerRequest) -> Any:
     """A submission's body as JSON, in the order of the checks: media type, size, JSON (its depth is left
     to :func:`read_submission`)."""
     validation.check_json_content_type(request.headers.get("Content-Type"))
+    check_body_size(app, request)
+    return validation.load_json(request.body)
+
+
+def check_body_size(app: Gateway, request: HTTPServerRequest) -> None:
+    """413 for a body over ``SQUALL_GATEWAY__MAX_BODY_BYTES``."""
     limit = app.squall.gateway.max_body_bytes
     if len(request.body) > limit:
         raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes", "body")
-    return validation.load_json(request.body)
 
 
 def read_submission(

@@ -14,7 +14,7 @@ from squall.core.http import ApiError
 from squall.core.store import reads
 from squall.core.store.reads import present_rid
 from squall.gateway import validation
-from squall.gateway.base import IntakeHandler
+from squall.gateway.base import IntakeHandler, check_body_size
 
 CONTENT_TYPE = 'application/json; charset="utf-8"'
 DONE = "done (request into our db)"
@@ -57,10 +57,7 @@ class LegacyHandler(IntakeHandler):
 
     async def post(self) -> None:
         gw = self.app.squall.gateway
-        if len(self.request.body) > gw.max_body_bytes:
-            raise ApiError(
-                413, "body_too_large", f"the body is larger than {gw.max_body_bytes} bytes", "body"
-            )
+        check_body_size(self.app, self.request)
         doc = validation.legacy_document(self.request.body)
         sub = validation.parse_legacy_submission(doc, self.app.registry, gw.max_items, gw.max_rid_length)
         accepted = await self.app.intake.submit(sub)
