@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pytest
 
 from squall.core import metrics
 from squall.core.store import retention
 from squall.scheduler.duties.retention import Retention
 from tests.integration import effect_processings
-from tests.integration.harness import System, make_settings, squall_cli, wait_for
+from tests.integration.harness import SteadyLoad, System, make_settings, squall_cli, wait_for
 
 HOUR = 3600.0
 RETENTION_ENV = {"SQUALL_RETENTION__FINISHED_SECONDS": "3600", "SQUALL_RETENTION__DEAD_SECONDS": "10800"}
 PERIODS = retention.Periods.of(finished_seconds=HOUR, dead_seconds=3 * HOUR)
 MODULE = "tests.integration.effect_processings"
+SAMPLE_SECONDS = 2.0
 COUNTERS = "SELECT counter, n FROM stat_totals UNION ALL SELECT counter, n FROM stat_deltas"
 
 
@@ -200,3 +204,50 @@ async def test_the_leaders_duty_deletes_and_shows_what_is_kept(
     assert view["finished_seconds"] == HOUR and view["dead_seconds"] == 3 * HOUR
     assert set(view["table_bytes"]) == set(retention.TABLES) and view["table_bytes"]["requests"] > 0
     assert 0.5 * HOUR <= view["oldest_finished_seconds"]["requests"] < HOUR
+
+
+@pytest.mark.slow
+async def test_a_minute_of_load_keeps_the_tables_bounded(
+    nats_url: str, database_url: str, system_factory: Callable[..., Awaitable[System]]
+) -> None:
+    """Retention of seconds under a steady load: what is kept stays what the last seconds brought, however
+    long the load runs, and everything goes once the load stops."""
+    period = 5.0
+    settings = make_settings(
+        nats_url,
+        database_url,
+        processings={"sum": {"mode": "immediate"}},
+        retention={"finished_seconds": period, "dead_seconds": period, "interval_seconds": 1},
+    )
+    system = await system_factory(settings)
+    await system.start_scheduler()
+    load = SteadyLoad(system.base_url, ["sum"], items=10)
+    clients = [asyncio.create_task(load.client(index)) for index in range(4)]
+    # (seconds into the load, requests kept, accepted so far), from the start, when nothing was.
+    samples: list[tuple[float, int, int]] = [(0.0, 0, 0)]
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 60:
+            await asyncio.sleep(SAMPLE_SECONDS)  # the measurement's pace, not a wait for an event
+            kept = await system.fetchval("SELECT count(*) FROM requests")
+            samples.append((time.monotonic() - started, kept, len(load.accepted)))
+    finally:
+        load.running = False
+        await asyncio.gather(*clients)
+    # A request accepted more than the period, a pass and a margin ago has expired: what is kept is at most
+    # what came since (and the few whose answer was still on its way).
+    window = period + 10.0
+    late = [(at, kept, so_far) for at, kept, so_far in samples if at > window]
+    assert late, samples
+    for at, kept, so_far in late:
+        expired = max(accepted for t, _, accepted in samples if t <= at - window)
+        assert kept <= so_far - expired + len(clients), (at, kept, so_far, expired)
+    # Bounded, not growing with the load: far fewer kept than accepted.
+    assert len(load.accepted) > 3 * max(kept for _, kept, _ in late), samples
+
+    async def all_gone() -> bool:
+        return await system.fetchval("SELECT count(*) FROM requests") == 0
+
+    await wait_for(all_gone, timeout=30, what="every request expired after the load")
+    assert await system.fetchval("SELECT count(*) FROM items") == 0
+    assert await system.fetchval("SELECT count(*) FROM item_results") == 0
