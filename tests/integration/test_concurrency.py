@@ -133,11 +133,11 @@ async def test_accepted_request_whose_event_was_never_published_is_recovered(sys
     [accepted] = await intake.accept_requests(system.engine, [submitted])
     assert isinstance(accepted, intake.Accepted) and accepted.created
     processor = system.processors[0].processor
-    assert await processor.republish_lost(older_than_seconds=0) == 1
+    assert await processor.sweep.republish_lost(older_than_seconds=0) == 1
     await system.start_scheduler()
     state = await system.wait_processed("orphan")
     assert state["items"][0]["result"] == 10
-    assert await processor.republish_lost(older_than_seconds=0) == 0  # nothing left to recover
+    assert await processor.sweep.republish_lost(older_than_seconds=0) == 0  # nothing left to recover
 
 
 async def test_no_republish_while_the_queue_has_a_backlog(system: System) -> None:
@@ -149,7 +149,7 @@ async def test_no_republish_while_the_queue_has_a_backlog(system: System) -> Non
         idle = Processor(
             system.settings, Resources("idle", system.registry, system.engine, nc)
         )  # not consuming
-        assert await idle.republish_lost(older_than_seconds=0) == 0
+        assert await idle.sweep.republish_lost(older_than_seconds=0) == 0
     finally:
         await nc.close()
 

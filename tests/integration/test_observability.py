@@ -31,7 +31,7 @@ async def test_queue_depths_show_a_backlog_and_its_drain(system: System) -> None
     nc = await broker.connect(system.settings, "sampler")
     system.stack.push_async_callback(nc.close)
     sampler = Processor(system.settings, Resources("sampler", system.registry, system.engine, nc))
-    assert await sampler.sample_queues()
+    assert await sampler.queue_depths.sample_queues()
     samples = await scrape(system)
     assert value(samples, "squall_queue_pending_messages", consumer="processor-requests") == 7
     assert value(samples, "squall_queue_ack_pending_messages", consumer="processor-requests") == 0
@@ -40,7 +40,7 @@ async def test_queue_depths_show_a_backlog_and_its_drain(system: System) -> None
     await system.start_processor()
 
     async def drained() -> bool:
-        await sampler.sample_queues()
+        await sampler.queue_depths.sample_queues()
         samples = await scrape(system)
         return value(samples, "squall_queue_pending_messages", consumer="processor-requests") == 0
 
@@ -51,7 +51,7 @@ async def test_queue_sampling_failure_keeps_the_processor_working(system: System
     nc = await broker.connect(system.settings, "sampler")
     sampler = Processor(system.settings, Resources("sampler", system.registry, system.engine, nc))
     await nc.close()  # every consumer-info request now fails
-    assert await sampler.sample_queues() is False
+    assert await sampler.queue_depths.sample_queues() is False
     await system.submit({"rid": "after", "items": [{"number": 1, "job": "square"}]})
     await system.start_scheduler()
     await system.wait_processed("after")

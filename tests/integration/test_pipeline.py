@@ -262,7 +262,7 @@ async def test_a_malformed_batch_is_dropped_and_its_requests_republished_by_the_
         info = await js.consumer_info(events.REQUESTS_STREAM, events.REQUESTS_CONSUMER)
         assert info.num_redelivered == 0  # terminated, not handed back
         assert await system.fetchval("SELECT count(*) FROM requests WHERE recorded_at IS NOT NULL") == 0
-        assert await system.processors[0].processor.republish_lost(older_than_seconds=0) == 1
+        assert await system.processors[0].processor.sweep.republish_lost(older_than_seconds=0) == 1
     finally:
         await nc.close()
     await system.publish_poll("sum", batch_size=10)

@@ -11,6 +11,9 @@ age. The lifetime counters behind ``GET /v1/stats`` are not touched: they count 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
@@ -175,34 +178,37 @@ async def run_pass(engine: AsyncEngine, periods: Periods, batch_size: int, dry_r
     deleted = Deleted()
     if periods.keeps_everything:
         return deleted
-    if dry_run:
-        async with engine.connect() as conn, conn.begin() as transaction:
-            await _delete_all(conn, periods, batch_size, deleted)
-            await transaction.rollback()
+    if not dry_run:
+        await _delete_batches(engine.begin, periods, batch_size, deleted)
         return deleted
+    async with engine.connect() as conn, conn.begin() as transaction:
+
+        @contextlib.asynccontextmanager
+        async def in_this_transaction() -> AsyncIterator[AsyncConnection]:
+            yield conn
+
+        await _delete_batches(in_this_transaction, periods, batch_size, deleted)
+        await transaction.rollback()
+    return deleted
+
+
+async def _delete_batches(
+    batch: Callable[[], AbstractAsyncContextManager[AsyncConnection]],
+    periods: Periods,
+    batch_size: int,
+    deleted: Deleted,
+) -> None:
+    """Expired requests, then expired poll tasks, a batch per ``batch()``, until a batch comes back short."""
     while True:
-        async with engine.begin() as conn:
-            batch = await delete_expired_requests(conn, periods, batch_size)
-        for table, count in batch.rows.items():
+        async with batch() as conn:
+            requests = await delete_expired_requests(conn, periods, batch_size)
+        for table, count in requests.rows.items():
             deleted.add(table, count)
-        if batch.rows["requests"] < batch_size:
+        if requests.rows["requests"] < batch_size:
             break
     while True:
-        async with engine.begin() as conn:
+        async with batch() as conn:
             count = await delete_expired_poll_tasks(conn, periods, batch_size)
         deleted.add("tasks", count)
         if count < batch_size:
-            return deleted
-
-
-async def _delete_all(conn: AsyncConnection, periods: Periods, batch_size: int, deleted: Deleted) -> None:
-    while True:
-        batch = await delete_expired_requests(conn, periods, batch_size)
-        for table, count in batch.rows.items():
-            deleted.add(table, count)
-        if batch.rows["requests"] < batch_size:
-            break
-    while (count := await delete_expired_poll_tasks(conn, periods, batch_size)) > 0:
-        deleted.add("tasks", count)
-        if count < batch_size:
-            break
+            return

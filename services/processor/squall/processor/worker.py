@@ -19,13 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from contextlib import AsyncExitStack
 
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from squall.core import broker, events, tracing
+from squall.core import broker, events
 from squall.core.http import start_ops_server
 from squall.core.lifecycle import Resources, open_resources
 from squall.core.readiness import dependency_problems
@@ -37,10 +35,9 @@ from squall.processor.queue_depths import QUEUE_SAMPLE_SECONDS, QueueDepthSample
 from squall.processor.request_events import (
     FETCH_BYTES,
     REQUEST_WORKERS,
-    Delivered,
     RequestEventsConsumer,
 )
-from squall.processor.sweep import SWEEP_INTERVAL_SECONDS, SWEEP_MIN_AGE_SECONDS, LostEventSweep
+from squall.processor.sweep import SWEEP_INTERVAL_SECONDS, LostEventSweep
 
 log = logging.getLogger("squall.processor")
 
@@ -99,9 +96,9 @@ class Processor:
                 REQUEST_WORKERS,
                 self.settings.processor.fetch_batch,
                 FETCH_BYTES,
-                self.handle_requests,
+                self.request_events.handle_requests,
             ),
-            (events.TASKS_STREAM, events.TASKS_CONSUMER, TASK_WORKERS, 1, None, self.handle_tasks),
+            (events.TASKS_STREAM, events.TASKS_CONSUMER, TASK_WORKERS, 1, None, self.poll_tasks.handle_tasks),
         )
         for stream, consumer, count, batch, max_bytes, handle in consumers:
             for _ in range(count):
@@ -115,7 +112,7 @@ class Processor:
 
     async def _sweep_forever(self) -> None:
         await periodically(
-            self.stopping, SWEEP_INTERVAL_SECONDS, self.republish_lost, "sweep for lost request events"
+            self.stopping, SWEEP_INTERVAL_SECONDS, self.sweep.republish_lost, "sweep for lost request events"
         )
 
     async def _watch_forever(self) -> None:
@@ -124,34 +121,8 @@ class Processor:
         )
 
     async def _watch_once(self) -> None:
-        await self.sample_queues()
+        await self.queue_depths.sample_queues()
         await counters.fold_stat_deltas(self.engine)
-
-    # --- the steps, each in its own module ----------------------------------------------------------------
-
-    async def handle_requests(self, msgs: list[Msg]) -> None:
-        await self.request_events.handle_requests(msgs)
-
-    async def record_requests(
-        self,
-        msgs: list[Msg],
-        submitted: list[Delivered],
-        started: float,
-        traces: list[tracing.TraceContext] | None,
-    ) -> tuple[set[uuid.UUID], dict[uuid.UUID, float]]:
-        return await self.request_events.record_requests(msgs, submitted, started, traces)
-
-    async def handle_tasks(self, msgs: list[Msg]) -> None:
-        await self.poll_tasks.handle_tasks(msgs)
-
-    async def run_poll_task(self, task: events.PollTask) -> None:
-        await self.poll_tasks.run_poll_task(task)
-
-    async def republish_lost(self, older_than_seconds: float = SWEEP_MIN_AGE_SECONDS) -> int:
-        return await self.sweep.republish_lost(older_than_seconds)
-
-    async def sample_queues(self) -> bool:
-        return await self.queue_depths.sample_queues()
 
     # --- readiness ----------------------------------------------------------------------------------------
 
