@@ -1,4 +1,5 @@
-"""Run k6 (closed loop: --vus VUs for --duration) against the gateway and read its JSON summary."""
+"""Run k6 against the gateway and read its JSON summary: closed loop (submit.js, --vus VUs for --duration) or
+open loop (steady.js, a constant arrival rate)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 SCRIPT = Path(__file__).resolve().parent / "k6" / "submit.js"
+STEADY_SCRIPT = SCRIPT.with_name("steady.js")
 # Beyond --duration: k6's default gracefulStop (30 s) for in-flight iterations, plus start-up.
 K6_EXTRA_SECONDS = 60.0
 
@@ -61,13 +63,17 @@ async def run_k6(
     *,
     base_url: str,
     items_per_request: int,
-    vus: int,
-    duration: str,
     duration_seconds: float,
     run_id: str,
     summary_path: Path,
     log_path: Path,
+    vus: int | None = None,
+    duration: str | None = None,
+    rate: int | None = None,
+    iterations: int | None = None,
 ) -> dict[str, Any]:
+    """Closed loop with ``vus`` and ``duration`` (or ``iterations``: that many requests in all); open loop
+    (steady.js) with ``rate`` and ``duration``."""
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env.update(
         {
@@ -78,6 +84,13 @@ async def run_k6(
             "K6_NO_USAGE_REPORT": "true",
         }
     )
+    if rate is not None:
+        env |= {"RATE": str(rate), "DURATION": str(duration)}
+        load = [str(STEADY_SCRIPT)]
+    elif iterations is not None:
+        load = ["--vus", str(vus), "--iterations", str(iterations), str(SCRIPT)]
+    else:
+        load = ["--vus", str(vus), "--duration", str(duration), str(SCRIPT)]
     argv = [
         k6_binary(),
         "run",
@@ -86,11 +99,7 @@ async def run_k6(
         "--no-usage-report",
         "--address",
         "",  # no REST API server: nothing listens, nothing collides between runs
-        "--vus",
-        str(vus),
-        "--duration",
-        duration,
-        str(SCRIPT),
+        *load,
     ]
     log = _append(log_path)
     try:
@@ -153,5 +162,7 @@ def parse_summary(data: dict[str, Any]) -> dict[str, Any]:
         "http_p90_ms": ms("p(90)"),
         "http_p99_ms": ms("p(99)"),
         "http_avg_ms": ms("avg"),
+        "http_p999_ms": ms("p(99.9)"),
         "http_max_ms": ms("max"),
+        "dropped_iterations": int(_value(metrics, "dropped_iterations", "count") or 0),
     }

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from squall.core import events
+from squall.core.settings import RetentionSettings
 from tests.deploy.manifests import (
     CHART,
     CI_VALUES,
@@ -263,3 +264,23 @@ def test_the_original_scripts_port_and_answer() -> None:
     )
     with pytest.raises(helm.HelmValuesError):
         helm.Chart.load(CHART).validate_schema({"gateway": {"legacyPostAnswer": "twice"}})
+
+
+def test_retention_values_default_to_squall_s_own_and_reach_every_container() -> None:
+    """`retention.*` are first-class values: their defaults are the settings' own defaults, a changed one
+    reaches the settings ConfigMap, and the schema refuses a negative period."""
+    defaults = RetentionSettings()
+    data = named(render_chart(None), "ConfigMap", "squall-config")["data"]
+    assert {
+        key: float(data[f"SQUALL_RETENTION__{key.upper()}"])
+        for key in ("finished_seconds", "dead_seconds", "interval_seconds", "batch_size")
+    } == {
+        "finished_seconds": defaults.finished_seconds,
+        "dead_seconds": defaults.dead_seconds,
+        "interval_seconds": defaults.interval_seconds,
+        "batch_size": defaults.batch_size,
+    }
+    changed = named(render_chart({"retention": {"finishedSeconds": 3600}}), "ConfigMap", "squall-config")
+    assert changed["data"]["SQUALL_RETENTION__FINISHED_SECONDS"] == "3600"
+    with pytest.raises(helm.HelmValuesError):
+        helm.Chart.load(CHART).validate_schema({"retention": {"deadSeconds": -1}})

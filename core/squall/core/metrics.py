@@ -90,6 +90,12 @@ DB_TABLE_BYTES = Gauge(
     "Bytes on disk of a table of work, its indexes and TOAST included (sampled at each retention pass).",
     ["table"],
 )
+DB_TABLE_ROWS = Gauge(
+    "squall_db_table_rows",
+    "Rows of a table of work as PostgreSQL estimates them (sampled at each retention pass): with "
+    "squall_db_table_bytes, whether the space of deleted rows is reused.",
+    ["table"],
+)
 SCHEDULER_IS_LEADER = Gauge("squall_scheduler_is_leader", "1 while this scheduler replica leads.")
 SCHEDULER_TICK_LAG = Histogram(
     "squall_scheduler_tick_lag_seconds",

@@ -174,6 +174,13 @@ class RetentionSettings(BaseModel):
         description="Requests (or poll tasks) deleted per statement: each statement is short, so intake and "
         "processing wait on none of its locks for long; a pass repeats until nothing expired is left.",
     )
+    pause_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=60,
+        description="Pause after each full batch of a pass, leaving the database to intake while a large "
+        "backlog of expired work is cleared.",
+    )
 
 
 class NatsSettings(BaseModel):

@@ -11,6 +11,7 @@ age. The lifetime counters behind ``GET /v1/stats`` are not touched: they count 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -138,6 +139,11 @@ _OLDEST = text(
 )
 
 _TABLE_BYTES = text("SELECT t, pg_total_relation_size(t::regclass) FROM unnest(CAST(:tables AS text[])) AS t")
+# The planner's estimate, kept by autovacuum and ANALYZE: free to read, where counting would scan the table.
+_TABLE_ROWS = text(
+    "SELECT t, greatest(c.reltuples, 0) FROM unnest(CAST(:tables AS text[])) AS t"
+    " JOIN pg_class AS c ON c.oid = t::regclass"
+)
 
 
 def _params(periods: Periods, limit: int) -> dict[str, float | int | None]:
@@ -171,15 +177,24 @@ async def table_bytes(conn: AsyncConnection) -> dict[str, int]:
     return {table: int(size) for table, size in rows}
 
 
-async def run_pass(engine: AsyncEngine, periods: Periods, batch_size: int, dry_run: bool = False) -> Deleted:
-    """Delete every expired request and poll task, a batch per transaction, until a batch comes back short.
-    ``dry_run``: the same statements in one transaction rolled back, so the counts are exactly what a pass
-    would delete now."""
+async def table_rows_estimate(conn: AsyncConnection) -> dict[str, int]:
+    """Rows of each table retention deletes from, as PostgreSQL estimates them (0 before an ANALYZE)."""
+    rows = (await conn.execute(_TABLE_ROWS, {"tables": list(TABLES)})).all()
+    return {table: int(estimate) for table, estimate in rows}
+
+
+async def run_pass(
+    engine: AsyncEngine, periods: Periods, batch_size: int, dry_run: bool = False, pause_seconds: float = 0.0
+) -> Deleted:
+    """Delete every expired request and poll task, a batch per transaction, until a batch comes back short,
+    pausing ``pause_seconds`` after each full batch so that a large backlog does not take the database from
+    intake. ``dry_run``: the same statements in one transaction rolled back, without pauses, so the counts
+    are exactly what a pass would delete now."""
     deleted = Deleted()
     if periods.keeps_everything:
         return deleted
     if not dry_run:
-        await _delete_batches(engine.begin, periods, batch_size, deleted)
+        await _delete_batches(engine.begin, periods, batch_size, deleted, pause_seconds)
         return deleted
     async with engine.connect() as conn, conn.begin() as transaction:
 
@@ -187,7 +202,7 @@ async def run_pass(engine: AsyncEngine, periods: Periods, batch_size: int, dry_r
         async def in_this_transaction() -> AsyncIterator[AsyncConnection]:
             yield conn
 
-        await _delete_batches(in_this_transaction, periods, batch_size, deleted)
+        await _delete_batches(in_this_transaction, periods, batch_size, deleted, pause_seconds=0.0)
         await transaction.rollback()
     return deleted
 
@@ -197,6 +212,7 @@ async def _delete_batches(
     periods: Periods,
     batch_size: int,
     deleted: Deleted,
+    pause_seconds: float,
 ) -> None:
     """Expired requests, then expired poll tasks, a batch per ``batch()``, until a batch comes back short."""
     while True:
@@ -206,9 +222,11 @@ async def _delete_batches(
             deleted.add(table, count)
         if requests.rows["requests"] < batch_size:
             break
+        await asyncio.sleep(pause_seconds)
     while True:
         async with batch() as conn:
             count = await delete_expired_poll_tasks(conn, periods, batch_size)
         deleted.add("tasks", count)
         if count < batch_size:
             return
+        await asyncio.sleep(pause_seconds)

@@ -78,7 +78,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     async def run() -> retention.Deleted:
         engine = create_engine(settings)
         try:
-            return await retention.run_pass(engine, periods, settings.retention.batch_size, args.dry_run)
+            return await retention.run_pass(
+                engine,
+                periods,
+                settings.retention.batch_size,
+                args.dry_run,
+                pause_seconds=settings.retention.pause_seconds,
+            )
         finally:
             await engine.dispose()
 
