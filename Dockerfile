@@ -55,6 +55,12 @@ RUN python3 -m venv /opt/build \
 
 # --- runtime: the virtual environment on the base; no compiler, no pip, no caches, no sources ---
 FROM ${PYTHON_IMAGE} AS runtime
+# The labels' values (LABEL, at the end). Declared before the first RUN, they are part of its cache key: a
+# new version, revision or date rebuilds the layers below, so no build reuses an older build's labels.
+ARG PYTHON_IMAGE
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG CREATED=unknown
 ENV PATH=/opt/squall/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -71,11 +77,6 @@ EXPOSE 8888 9101 9102
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["squall"]
 CMD ["gateway"]
-# Last, so that a new revision or date changes no layer above.
-ARG PYTHON_IMAGE
-ARG VERSION=unknown
-ARG REVISION=unknown
-ARG CREATED=unknown
 LABEL org.opencontainers.image.title="squall" \
       org.opencontainers.image.description="Squall task-processing platform: gateway, processor, scheduler and migrations in one image" \
       org.opencontainers.image.version="${VERSION}" \

@@ -122,15 +122,11 @@ def base_key() -> str:
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def image_exists(reference: str) -> bool:
-    return subprocess.run([*PODMAN, "image", "exists", reference], capture_output=True).returncode == 0
-
-
 def make_base() -> str:
     """The local base image's reference; made (about a minute) only when neither it nor its tar exists."""
     key = base_key()
     reference = f"{BASE_REPOSITORY}:{key}"
-    if image_exists(reference):
+    if image_id(reference):
         return reference
     tar = BUILD / f"base-{key}.tar"
     if not tar.exists():
@@ -270,6 +266,31 @@ def build_args(base: str, version: str) -> list[str]:
     return [f"--build-arg={name}={value}" for name, value in values.items()]
 
 
+def image_id(reference: str) -> str | None:
+    found = subprocess.run(
+        [*PODMAN, "image", "inspect", "--format={{.Id}}", reference], capture_output=True, text=True
+    )
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def buildah_bud(dockerfile: Path, base: str, version: str, reference: str) -> None:
+    """The recipe built on the local base, from the wheels in the build context (no network)."""
+    sh(
+        "buildah",
+        "bud",
+        "--isolation=chroot",  # no OCI runtime for RUN steps (crun fails here; see PODMAN)
+        "--layers",
+        "--force-rm",  # without it buildah 1.28 leaves the working container of the `wheels` stage
+        "--pull-never",
+        "--quiet",
+        *build_args(base, version),
+        f"--file={dockerfile}",
+        f"--tag={reference}",
+        f"--tag={REPOSITORY}:latest",
+        ROOT,
+    )
+
+
 def build(dockerfile: Path = ROOT / "Dockerfile", sbom: bool = True) -> Built:
     """Everything ``python3 tasks.py image`` does but the report; each step timed."""
     seconds: dict[str, float] = {}
@@ -289,19 +310,12 @@ def build(dockerfile: Path = ROOT / "Dockerfile", sbom: bool = True) -> Built:
     version = package_version()
     reference = f"{REPOSITORY}:{version}"
     with step("build"):
-        sh(
-            "buildah",
-            "bud",
-            "--isolation=chroot",
-            "--layers",
-            "--pull-never",
-            "--quiet",
-            *build_args(base, version),
-            f"--file={dockerfile}",
-            f"--tag={reference}",
-            f"--tag={REPOSITORY}:latest",
-            ROOT,
-        )
+        replaced = image_id(reference)
+        buildah_bud(dockerfile, base, version, reference)
+        if replaced and replaced != image_id(reference):
+            # The build it replaces, and the cache layers only it used: each build would otherwise leave
+            # its 90 MB behind in the containers storage.
+            subprocess.run([*PODMAN, "rmi", replaced], capture_output=True)
     if sbom:
         with step("sbom"):
             write_sbom(reference)
