@@ -25,6 +25,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -379,21 +380,29 @@ def inspect(reference: str) -> dict[str, Any]:
 def layers(reference: str) -> list[tuple[int, str]]:
     """(bytes, instruction) of each layer of the image that holds files, oldest first."""
     history = json.loads(sh(*PODMAN, "history", "--format=json", "--no-trunc", reference))
-    return [(int(h["size"]), str(h.get("CreatedBy") or h.get("createdBy") or "")) for h in reversed(history)]
+    found = []
+    for entry in reversed(history):
+        # "|4 CREATED=... /bin/sh -c groupadd ..." (a RUN and its build arguments), "/bin/sh -c #(nop) COPY"
+        instruction = re.sub(r"^\|\d+ (\S+=\S* )*|/bin/sh -c (#\(nop\) )?", "", str(entry["CreatedBy"]))
+        if entry["size"]:
+            found.append((int(entry["size"]), " ".join(instruction.split())))
+    return found
+
+
+def megabytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 100_000 else f"{count / 1e3:.1f} kB"
 
 
 def report(built: Built) -> str:
     size, base = inspect(built.reference)["Size"], inspect(built.base)["Size"]
     lines = [
-        f"{built.reference} (also {REPOSITORY}:latest): {size / 1e6:.1f} MB; "
-        f"its base {built.base} {base / 1e6:.1f} MB; added by the recipe {(size - base) / 1e6:.1f} MB",
+        f"{built.reference} (also {REPOSITORY}:latest): {megabytes(size)}; its base {built.base} "
+        f"{megabytes(base)}; added by the recipe {megabytes(size - base)}",
         "layers:",
+        *(f"  {megabytes(count):>9}  {instruction[:100]}" for count, instruction in layers(built.reference)),
+        f"SBOM: {SBOM.relative_to(ROOT)}",
+        "seconds: " + ", ".join(f"{name} {value:g}" for name, value in built.seconds.items()),
     ]
-    for count, instruction in layers(built.reference):
-        if count:
-            lines.append(f"  {count / 1e6:8.1f} MB  {' '.join(instruction.split())[:100]}")
-    lines.append(f"SBOM: {SBOM.relative_to(ROOT)}")
-    lines.append("seconds: " + ", ".join(f"{name} {value:g}" for name, value in built.seconds.items()))
     return "\n".join(lines)
 
 
