@@ -7,25 +7,24 @@
 # builds this same file on a minimal Debian root file system made on the build machine
 # (`python3 tasks.py image`, see docs/deploy.md). The base.name label names whichever base was used.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
-# Where the wheels come from: `download` (the package index, during the build) or `context` (the folder
-# build/image/wheels/, which `python3 tasks.py image` fills beforehand, so the build needs no network).
-# Either way they are the files named in requirements/*.lock, and pip checks each against its hash there.
-ARG WHEELS=download
 
-# --- wheels, by default: downloaded by the build ---
-FROM ${PYTHON_IMAGE} AS wheels-download
+# --- wheels: the files named in requirements/*.lock, each checked against its hash there ---
+FROM ${PYTHON_IMAGE} AS wheels
+# download (default): from the package index, during the build. context: only from requirements/wheels/ in
+# the build context, filled beforehand (`python3 tasks.py image` does): the build then needs no network.
+ARG WHEELS=download
 WORKDIR /src
 COPY requirements/ ./requirements/
-RUN python3 -m pip download --no-cache-dir --disable-pip-version-check --require-hashes --no-deps \
-      --only-binary=:all: --dest /wheels -r requirements/image.lock -r requirements/build.lock
-
-# --- wheels, with --build-arg WHEELS=context: downloaded beforehand ---
-FROM scratch AS wheels-context
-COPY build/image/wheels/ /wheels/
-
-# The stage of this file that WHEELS picks (a stage, not an image to tag).
-# hadolint ignore=DL3006
-FROM wheels-${WHEELS} AS wheels
+# pip from the venv module, which every base the recipe supports has (a base may have no pip of its own).
+RUN case "$WHEELS" in \
+      download) ;; \
+      context) export PIP_NO_INDEX=1 ;; \
+      *) echo "WHEELS is download or context, not $WHEELS" >&2; exit 1 ;; \
+    esac \
+    && python3 -m venv /opt/download \
+    && /opt/download/bin/pip download --no-cache-dir --disable-pip-version-check --require-hashes --no-deps \
+       --only-binary=:all: --find-links requirements/wheels --dest /wheels \
+       -r requirements/image.lock -r requirements/build.lock
 
 # --- build: Squall's wheel and the virtual environment the image runs; no network from here on ---
 FROM ${PYTHON_IMAGE} AS build
@@ -36,7 +35,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY --from=wheels /wheels /wheels
-COPY requirements/ ./requirements/
+COPY requirements/*.lock ./requirements/
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY services ./services

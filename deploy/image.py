@@ -6,7 +6,7 @@ and no registry: ``python3 tasks.py image`` (``python3 tasks.py lock`` regenerat
    ``build/image/base-<key>.tar`` and imported as ``localhost/squall-base:<key>``. It stands in for the
    Dockerfile's default base (the official slim Python image), which no registry here serves.
 3. Wheels: the files named by ``requirements/image.lock`` and ``build.lock``, hash-checked, downloaded on the
-   host into ``build/image/wheels/``, so the build itself needs no network (``--build-arg WHEELS=context``).
+   host into ``requirements/wheels/``, so the build itself needs no network (``--build-arg WHEELS=context``).
 4. Build: ``buildah bud --isolation chroot`` of the Dockerfile on that base, tagged
    ``localhost/squall:<version>`` and ``localhost/squall:latest`` in the local containers storage.
 5. SBOM: CycloneDX JSON of the image's Python environment (``cyclonedx-py environment`` on the image's
@@ -40,7 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "image"
-WHEELHOUSE = BUILD / "wheels"
+WHEELHOUSE = ROOT / "requirements" / "wheels"  # in the build context; its files are never committed
 SBOM = BUILD / "sbom.cdx.json"
 IMAGE_LOCK = ROOT / "requirements" / "image.lock"
 BUILD_LOCK = ROOT / "requirements" / "build.lock"
@@ -209,7 +209,7 @@ def locked_hashes(*locks: Path) -> set[str]:
 
 
 def wheelhouse() -> Path:
-    """build/image/wheels: every file of the two lock files, hash-checked by pip, nothing else."""
+    """requirements/wheels: every file of the two lock files, hash-checked by pip, and no other wheel."""
     for path in (IMAGE_LOCK, BUILD_LOCK):
         if not lock_is_current(path):
             raise ImageError(f"{path.relative_to(ROOT)} is stale: run python3 tasks.py lock")
@@ -229,7 +229,7 @@ def wheelhouse() -> Path:
             f"--requirement={path}",
         )
     wanted = locked_hashes(IMAGE_LOCK, BUILD_LOCK)
-    for wheel in WHEELHOUSE.iterdir():
+    for wheel in WHEELHOUSE.glob("*.whl"):
         if hashlib.sha256(wheel.read_bytes()).hexdigest() not in wanted:
             wheel.unlink()  # left from an older lock
     return WHEELHOUSE
@@ -281,7 +281,7 @@ def buildah_bud(dockerfile: Path, base: str, version: str, reference: str) -> No
         "bud",
         "--isolation=chroot",  # no OCI runtime for RUN steps (crun fails here; see PODMAN)
         "--layers",
-        "--force-rm",  # without it buildah 1.28 leaves the working container of the `wheels` stage
+        "--force-rm",  # no working container left behind, even when a step fails
         "--pull-never",
         "--quiet",
         *build_args(base, version),
