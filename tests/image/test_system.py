@@ -43,8 +43,13 @@ LISTEN = {
     "processor": ("SQUALL_PROCESSOR__HTTP_HOST", "SQUALL_PROCESSOR__HTTP_PORT"),
     "scheduler": ("SQUALL_SCHEDULER__HTTP_HOST", "SQUALL_SCHEDULER__HTTP_PORT"),
 }
-PODS = {"squall-gateway-0": "gateway", "squall-processor-0": "processor", "squall-processor-1": "processor"}
-PODS["squall-scheduler-0"] = "scheduler"
+# The pods run, by name (SQUALL_INSTANCE_ID), and the chart container each runs.
+PODS = {
+    "squall-gateway-0": "gateway",
+    "squall-processor-0": "processor",
+    "squall-processor-1": "processor",
+    "squall-scheduler-0": "scheduler",
+}
 
 
 @dataclass
