@@ -3,6 +3,8 @@
 
 python3 tasks.py dev [squall dev options]   run the whole system locally
 python3 tasks.py test [pytest options]      lint, type-check and run every test
+python3 tasks.py image                      build the container image here (deploy/image.py, docs/deploy.md)
+python3 tasks.py lock [--upgrade]           regenerate requirements/*.lock from pyproject.toml
 python3 tasks.py lint | typecheck | setup | bench
 """
 
@@ -105,6 +107,8 @@ def main() -> None:
         run(PYTHON, "-m", "pytest", *args)
     elif task == "bench":
         run(PYTHON, "-m", "bench", *args)
+    elif task in ("image", "lock"):
+        run(PYTHON, "-m", "deploy.image", task, *args)
     else:
         sys.exit(f"unknown task {task!r}; see python3 tasks.py help")
 

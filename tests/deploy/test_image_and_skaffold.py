@@ -44,25 +44,57 @@ def test_hadolint_would_catch_a_bad_dockerfile(tmp_path: Path) -> None:
     assert result.returncode != 0 and "DL3007" in result.stdout
 
 
-def test_dockerfile_builds_a_wheel_and_runs_it_locked_down() -> None:
-    steps = _instructions()
-    args = dict(a.split("=", 1) for kind, a in steps if kind == "ARG" and "=" in a)
-    base = args["PYTHON_IMAGE"]
-    assert re.fullmatch(r"python:3\.11[\w.-]*-slim[\w.-]*@sha256:[a-f0-9]{64}", base), "tag and digest"
-    stages = [a for kind, a in steps if kind == "FROM"]
-    assert stages == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE} AS runtime"]
-    runtime = steps[[i for i, (k, _) in enumerate(steps) if k == "FROM"][1] :]
-    runs = " ".join(a for kind, a in runtime if kind == "RUN")
-    assert "pip wheel" in " ".join(a for kind, a in steps if kind == "RUN")
-    assert "--no-cache-dir" in runs and "--no-index" in runs
-    assert not re.search(r"apt-get|gcc|build-essential", runs), "no compilers in the final stage"
-    assert "--mount=type=bind,from=build" in runs, "the wheels never become a layer"
+def _stages() -> dict[str, list[tuple[str, str]]]:
+    """The instructions of each stage by its name, FROM first; the global ARGs under ""."""
+    stages: dict[str, list[tuple[str, str]]] = {"": []}
+    for kind, args in _instructions():
+        if kind == "FROM":
+            stages[args.split(" AS ")[1]] = []
+        stages[list(stages)[-1]].append((kind, args))
+    return stages
+
+
+def test_dockerfile_builds_from_the_lock_files_and_runs_locked_down() -> None:
+    stages = _stages()
+    args = dict(a.split("=", 1) for kind, a in stages[""] if kind == "ARG")
+    assert re.fullmatch(r"python:3\.11[\w.-]*-slim[\w.-]*@sha256:[a-f0-9]{64}", args["PYTHON_IMAGE"]), (
+        "tag, digest"
+    )
+    froms = {name: steps[0][1].split(" AS ")[0] for name, steps in stages.items() if name}
+    assert froms == {"wheels": "${PYTHON_IMAGE}", "build": "${PYTHON_IMAGE}", "runtime": "${PYTHON_IMAGE}"}
+    assert ("ARG", "WHEELS=download") in stages["wheels"]  # a plain `docker build .` needs nothing prepared
+    runs = {name: " ".join(a for kind, a in steps if kind == "RUN") for name, steps in stages.items()}
+    every_run = " ".join(runs.values())
+    assert not re.search(r"(?<![-/\w])python\b(?!3)", every_run), (
+        "python3: a plain Debian base has no `python`"
+    )
+    # Wheels: only the files of the lock files, checked against their hashes; the build has no index.
+    for lock in ("requirements/image.lock", "requirements/build.lock"):
+        assert f"-r {lock}" in every_run
+    assert "--require-hashes" in runs["wheels"] and "--only-binary=:all:" in runs["wheels"]
+    assert (
+        "--find-links requirements/wheels" in runs["wheels"]
+        and "context) export PIP_NO_INDEX=1" in runs["wheels"]
+    )
+    build_env = " ".join(a for kind, a in stages["build"] if kind == "ENV")
+    assert "PIP_NO_INDEX=1" in build_env and "PIP_FIND_LINKS=/wheels" in build_env
+    assert runs["build"].count("--require-hashes") == 2 and "--no-build-isolation" in runs["build"]
+    assert "venv --without-pip /opt/squall" in runs["build"]
+    # The final stage: the environment copied in, a user added; no pip, no compiler, no sources.
+    runtime = stages["runtime"]
+    assert not re.search(r"pip|apt-get|gcc|build-essential", runs["runtime"])
+    assert [a for kind, a in runtime if kind == "COPY"] == ["--from=build /opt/squall /opt/squall"]
     assert ("USER", "10001:10001") in runtime
     assert ("STOPSIGNAL", "SIGTERM") in runtime
-    assert ("ENTRYPOINT", '["squall"]') in runtime
+    assert ("ENTRYPOINT", '["squall"]') in runtime and ("CMD", '["gateway"]') in runtime
     labels = " ".join(a for kind, a in runtime if kind == "LABEL")
-    for label in ("title", "description", "version", "revision", "created", "licenses", "base.name"):
+    for label in ("title", "description", "version", "revision", "created", "licenses"):
         assert f"org.opencontainers.image.{label}=" in labels, label
+    # base.name names the base the image was built on, whichever it was.
+    assert (
+        'org.opencontainers.image.base.name="${PYTHON_IMAGE}"' in labels
+        and ("ARG", "PYTHON_IMAGE") in runtime
+    )
     # The image's user is the one the manifests run as.
     for pod in pods(tuple(render_chart())):
         if pod["metadata"]["labels"]["app.kubernetes.io/component"] in ("gateway", "processor", "scheduler"):
@@ -74,7 +106,13 @@ def test_dockerignore_keeps_the_context_small() -> None:
     assert "*" in lines
     copied = {a.split()[0] for kind, a in _instructions() if kind == "COPY" and "--from" not in a}
     for path in copied | {"pyproject.toml", "README.md"}:
-        assert f"!{path.rstrip('/')}/" in lines or f"!{path}" in lines, path
+        top = path.split("/")[0]  # requirements/*.lock: the folder is let in
+        assert f"!{top}/" in lines or f"!{top}" in lines, path
+    # The wheels tasks.py image downloads into the context are never committed.
+    assert (ROOT / "requirements" / "wheels" / ".gitignore").read_text().splitlines()[1:] == [
+        "*",
+        "!.gitignore",
+    ]
 
 
 def test_skaffold_structure() -> None:

@@ -11,12 +11,21 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeAlias
 
 from squall.core.settings import load_settings
 
 DEFAULT_URL = os.environ.get("SQUALL_URL", "http://127.0.0.1:8888")
+
+
+def package_version() -> str:
+    """Squall's version, as installed (pyproject.toml's ``version`` is its one source)."""
+    try:
+        return version("squall")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _out(text: str) -> None:
@@ -305,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Squall: a task-processing platform (gateway, processors, scheduler over NATS JetStream "
         "and PostgreSQL). Settings come from SQUALL_* environment variables; see the README.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # The order of these calls is the order of the commands in --help.
     _add_dev_command(sub)
