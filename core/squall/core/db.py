@@ -141,6 +141,8 @@ items = Table(
         "created_at",
         postgresql_where=text("state IN ('pending', 'running')"),
     ),
+    # Retention tells a request with a failed item (a dead letter, kept longer) by index (migration 0016).
+    Index("items_failed", "request_task_id", postgresql_where=text("state = 'failed'")),
 )
 
 
