@@ -167,13 +167,6 @@ def _say(scenario: Scenario, text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {scenario.name}: {text}", flush=True)
 
 
-def _postgres_port(dev: SquallDev) -> int:
-    for entry in dev.state():
-        if entry["service"] == "postgres":
-            return int(entry["ports"]["client"])
-    raise RuntimeError("dev.json lists no postgres")
-
-
 def _scenario_env(scenario: Scenario, args: argparse.Namespace) -> dict[str, str]:
     """The SQUALL_* variables squall dev runs this scenario with."""
     env = mode_env(scenario.mode, args.batch_interval)
@@ -226,7 +219,7 @@ async def run_scenario(
         result["squall_dev_argv"] = dev.argv
         dev.start()
         result["startup_seconds"] = round(await asyncio.to_thread(dev.wait_ready, args.startup_timeout), 2)
-        pg_port = _postgres_port(dev)
+        pg_port = dev.postgres_port()
         sampler_task = asyncio.create_task(sampler.run(stop_sampling))
         watcher_task = asyncio.create_task(watcher.run())
         k6 = await _drive_load(scenario, args, stamp, dev, data_dir, watcher, cpu, result)

@@ -128,6 +128,13 @@ class SquallDev:
                 self.seen[pid] = (str(entry.get("service")), procs.start_time(pid))
         return processes
 
+    def postgres_port(self) -> int:
+        """The client port of squall dev's PostgreSQL, from dev.json."""
+        for entry in self.state():
+            if entry["service"] == "postgres":
+                return int(entry["ports"]["client"])
+        raise DevError("dev.json lists no postgres")
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

@@ -56,10 +56,6 @@ DRAIN_SECONDS = 180.0
 AGE_BACKLOG = "UPDATE requests SET processed_at = processed_at - interval '400 days' WHERE processed"
 
 
-def _postgres_port(dev: SquallDev) -> int:
-    return next(int(e["ports"]["client"]) for e in dev.state() if e["service"] == "postgres")
-
-
 async def _drain(dev: SquallDev, at_least: int) -> dict[str, int]:
     deadline = time.monotonic() + DRAIN_SECONDS
     while True:
@@ -115,7 +111,7 @@ async def cost_run(args: argparse.Namespace, profile: str, retention: bool, stam
         )
         cpu.stop()
         after = summarise(await asyncio.to_thread(read_stats, dev.base_url))
-        conn = await asyncpg.connect(db.dsn(_postgres_port(dev)), timeout=db.CONNECT_TIMEOUT_SECONDS)
+        conn = await asyncpg.connect(db.dsn(dev.postgres_port()), timeout=db.CONNECT_TIMEOUT_SECONDS)
         try:
             kept = int(await conn.fetchval("SELECT count(*) FROM requests"))
         finally:
@@ -205,7 +201,7 @@ async def _fill(dev: SquallDev, args: argparse.Namespace, stamp: str) -> dict[st
         iterations=args.template,
     )
     await _drain(dev, k6["accepted_202"])
-    conn = await asyncpg.connect(db.dsn(_postgres_port(dev)), timeout=db.CONNECT_TIMEOUT_SECONDS)
+    conn = await asyncpg.connect(db.dsn(dev.postgres_port()), timeout=db.CONNECT_TIMEOUT_SECONDS)
     try:
         await conn.execute("DELETE FROM tasks WHERE kind = 'poll'")
         template = sum([int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in TABLES])
@@ -253,7 +249,7 @@ async def _window(dev: SquallDev, args: argparse.Namespace, stamp: str, name: st
 def _prune(dev: SquallDev, args: argparse.Namespace) -> dict[str, Any]:
     env = child_env(
         {
-            "SQUALL_DATABASE_URL": db.dsn(_postgres_port(dev)),
+            "SQUALL_DATABASE_URL": db.dsn(dev.postgres_port()),
             "SQUALL_RETENTION__FINISHED_SECONDS": f"{args.period:g}",
             "SQUALL_RETENTION__PAUSE_SECONDS": f"{args.pause:g}",
         }

@@ -84,10 +84,6 @@ def report(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-def _postgres_port(dev: SquallDev) -> int:
-    return next(int(e["ports"]["client"]) for e in dev.state() if e["service"] == "postgres")
-
-
 def _memory_mb(dev: SquallDev) -> dict[str, float]:
     """Memory of each process squall dev lists, by name: its RSS; PostgreSQL's as the proportional set size
     of the postmaster and its backends together (their RSS would count the shared buffers once per backend,
@@ -222,7 +218,7 @@ async def soak(args: argparse.Namespace, stamp: str, doc: dict[str, Any]) -> Non
         stop = asyncio.Event()
         samples: list[dict[str, Any]] = doc["samples"]
         sampling = asyncio.create_task(
-            _sample_until(dev, _postgres_port(dev), args.sample_every, stop, samples)
+            _sample_until(dev, dev.postgres_port(), args.sample_every, stop, samples)
         )
         duration_text, duration_seconds = args.duration
         rates = {"P1": args.p1_rate, "P2": args.p2_rate}
