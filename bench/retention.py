@@ -46,7 +46,7 @@ from bench.dev import SquallDev, child_env, squall_command
 from bench.k6run import parse_duration, run_k6
 from bench.report import machine_info, speed_probe_ms
 from bench.sampler import CpuMeter
-from bench.stats import drained, read_stats, summarise
+from bench.stats import poll_until_drained, read_stats, summarise
 from squall.core.store.retention import TABLES
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
@@ -57,14 +57,10 @@ AGE_BACKLOG = "UPDATE requests SET processed_at = processed_at - interval '400 d
 
 
 async def _drain(dev: SquallDev, at_least: int) -> dict[str, int]:
-    deadline = time.monotonic() + DRAIN_SECONDS
-    while True:
-        totals = summarise(await asyncio.to_thread(read_stats, dev.base_url))
-        if drained(totals, at_least):
-            return totals
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not drained after {DRAIN_SECONDS:.0f} s: {totals}")
-        await asyncio.sleep(0.5)
+    totals, done = await poll_until_drained(dev.base_url, at_least, DRAIN_SECONDS)
+    if not done:
+        raise RuntimeError(f"not drained after {DRAIN_SECONDS:.0f} s: {totals}")
+    return totals
 
 
 class Dev:

@@ -39,7 +39,7 @@ from bench import db, procs
 from bench.dev import SquallDev
 from bench.k6run import K6_EXTRA_SECONDS, parse_duration, run_k6
 from bench.report import machine_info
-from bench.stats import drained, read_stats, summarise
+from bench.stats import poll_until_drained, read_stats, summarise
 from squall.core.store.retention import TABLES
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
@@ -189,15 +189,6 @@ def verdicts(
     return result
 
 
-async def _drain(dev: SquallDev, at_least: int, within: float) -> dict[str, int]:
-    deadline = time.monotonic() + within
-    while True:
-        totals = summarise(await asyncio.to_thread(read_stats, dev.base_url))
-        if drained(totals, at_least) or time.monotonic() > deadline:
-            return totals
-        await asyncio.sleep(1.0)
-
-
 async def soak(args: argparse.Namespace, stamp: str, doc: dict[str, Any]) -> None:
     task = asyncio.current_task()
     assert task is not None
@@ -238,7 +229,8 @@ async def soak(args: argparse.Namespace, stamp: str, doc: dict[str, Any]) -> Non
             )
         )
         doc["k6"] = dict(zip((p for p, _ in LOADS), k6, strict=True))
-        doc["after_load"] = await _drain(dev, sum(run["accepted_202"] for run in k6), K6_EXTRA_SECONDS * 2)
+        accepted = sum(run["accepted_202"] for run in k6)
+        doc["after_load"], _ = await poll_until_drained(dev.base_url, accepted, K6_EXTRA_SECONDS * 2)
         stop.set()
         await sampling
         settle = args.settle if args.settle is not None else 2 * args.retention

@@ -44,6 +44,18 @@ def drained(totals: dict[str, int], at_least: int) -> bool:
     )
 
 
+async def poll_until_drained(base_url: str, at_least: int, within: float) -> tuple[dict[str, int], bool]:
+    """Read /v1/stats every half second until it shows the drain or ``within`` seconds have passed: the last
+    totals, and whether they show it."""
+    deadline = time.monotonic() + within
+    while True:
+        totals = summarise(await asyncio.to_thread(read_stats, base_url))
+        done = drained(totals, at_least)
+        if done or time.monotonic() > deadline:
+            return totals, done
+        await asyncio.sleep(SAMPLE_INTERVAL_SECONDS)
+
+
 class StatsWatcher:
     """Samples /v1/stats every 0.5 s from ``run()`` until ``stop()``; ``wait_drained()`` reads the samples."""
 
