@@ -10,15 +10,16 @@ expired rows cleared while intake runs.
     retention deleted during the load (accepted minus kept at the end), as a rate. Alternating the runs in
     one process keeps the machine's drift out of the comparison.
 
-``python -m bench.retention backlog [--rows 10000000] [--rate 400] [--window 300s]``
+``python -m bench.retention backlog [--rows 10000000] [--rate 400] [--window 300s] [--settings 1000:0]``
     Fills the database with about ``--rows`` rows of finished work: ``--template`` requests submitted through
     the API and processed (batch mode), then copied in SQL with new rids and task ids (a processed request is
-    three rows: the request, its task and its processing's result row), all aged past the retention period;
-    then runs an open-loop P1 load at
-    ``--rate`` requests/s twice for ``--window``: once as the baseline, once with ``squall prune`` (the
-    retention pass the scheduler's leader runs) deleting the whole backlog. Reports how long the pass took,
-    the rows per second it deleted, and the intake's HTTP p50/p99/p99.9 in both windows (k6,
-    constant-arrival-rate: no coordinated omission).
+    three rows: the request, its task and its processing's result row), all aged past the retention period.
+    Then, for each round and each ``--settings`` pair (``batch_size:pause_seconds``), an open-loop P1 load at
+    ``--rate`` requests/s for ``--window`` twice: once as the baseline, once with ``squall prune`` (the
+    retention pass the scheduler's leader runs) deleting the backlog with that setting, stopped when the
+    window ends. Reports the rows per second each setting deleted and the intake's HTTP p50/p99/p99.9 in
+    both windows (k6, constant-arrival-rate: no coordinated omission); alternating keeps the machine's drift
+    out of the comparison. Ends early when a pass clears the whole backlog.
 
 Results go to stdout as JSON and to ``--out-dir``.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import shlex
@@ -54,6 +56,7 @@ PROFILES = {"P1": 1, "P2": 100}
 DRAIN_SECONDS = 180.0
 # Far past any period: the backlog is expired whatever --period says.
 AGE_BACKLOG = "UPDATE requests SET processed_at = processed_at - interval '400 days' WHERE processed"
+COUNT_BACKLOG = "SELECT count(*) FROM requests WHERE processed_at < now() - interval '300 days'"
 
 
 async def _drain(dev: SquallDev, at_least: int) -> dict[str, int]:
@@ -242,22 +245,67 @@ async def _window(dev: SquallDev, args: argparse.Namespace, stamp: str, name: st
     }
 
 
-def _prune(dev: SquallDev, args: argparse.Namespace) -> dict[str, Any]:
+async def _backlog_requests(dev: SquallDev) -> int:
+    """Requests of the backlog still kept (the intake's own are not expired)."""
+    conn = await asyncpg.connect(db.dsn(dev.postgres_port()), timeout=db.CONNECT_TIMEOUT_SECONDS)
+    try:
+        return int(await conn.fetchval(COUNT_BACKLOG, timeout=600))
+    finally:
+        await conn.close()
+
+
+def _start_prune(dev: SquallDev, args: argparse.Namespace, setting: Setting) -> subprocess.Popen[str]:
     env = child_env(
         {
             "SQUALL_DATABASE_URL": db.dsn(dev.postgres_port()),
             "SQUALL_RETENTION__FINISHED_SECONDS": f"{args.period:g}",
-            "SQUALL_RETENTION__PAUSE_SECONDS": f"{args.pause:g}",
+            "SQUALL_RETENTION__BATCH_SIZE": str(setting.batch_size),
+            "SQUALL_RETENTION__PAUSE_SECONDS": f"{setting.pause_seconds:g}",
         }
     )
+    return subprocess.Popen(
+        [*squall_command(), "prune"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+async def _pruning_window(
+    dev: SquallDev, args: argparse.Namespace, stamp: str, setting: Setting, name: str, rows_per_request: float
+) -> dict[str, Any]:
+    """The intake's window with ``squall prune`` deleting beside it; the pass is stopped (its open batch
+    rolled back) when the window ends, so that every setting is measured over the same length of time."""
+    before = await _backlog_requests(dev)
     started = time.monotonic()
-    done = subprocess.run([*squall_command(), "prune"], env=env, capture_output=True, text=True, check=False)
-    seconds = time.monotonic() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"squall prune failed: {done.stderr[-2000:]}")
-    deleted: dict[str, int] = json.loads(done.stdout)["deleted"]
-    total = sum(deleted.values())
-    return {"seconds": round(seconds, 1), "deleted": deleted, "rows_per_second": round(total / seconds)}
+    prune = _start_prune(dev, args, setting)
+    try:
+        window = await _window(dev, args, stamp, name)
+    finally:
+        finished = prune.poll() is not None
+        seconds = time.monotonic() - started
+        if not finished:
+            prune.terminate()
+        _, stderr = await asyncio.to_thread(prune.communicate)
+    if finished and prune.returncode != 0:
+        raise RuntimeError(f"squall prune failed: {stderr[-2000:]}")
+    requests = before - await _backlog_requests(dev)
+    return window | {
+        "requests_deleted": requests,
+        "rows_per_second": round(requests * rows_per_request / seconds),
+        "backlog_cleared": finished,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    batch_size: int
+    pause_seconds: float
+
+    @classmethod
+    def parse(cls, text: str) -> Setting:
+        batch, _, pause = text.partition(":")
+        return cls(int(batch), float(pause or 0))
+
+    def __str__(self) -> str:
+        return f"{self.batch_size}:{self.pause_seconds:g}"
 
 
 async def backlog(args: argparse.Namespace, stamp: str, doc: dict[str, Any]) -> None:
@@ -273,14 +321,37 @@ async def backlog(args: argparse.Namespace, stamp: str, doc: dict[str, Any]) -> 
     async with Dev("backlog", env, args.out_dir, stamp) as dev:
         doc["fill"] = await _fill(dev, args, stamp)
         print(json.dumps(doc["fill"]), flush=True)
-        doc["baseline"] = await _window(dev, args, stamp, "baseline")
-        print(json.dumps(doc["baseline"]), flush=True)
-        pruning = asyncio.create_task(asyncio.to_thread(_prune, dev, args))
-        doc["while_pruning"] = await _window(dev, args, stamp, "pruning")
-        doc["prune"] = await pruning
-        doc["prune"]["finished_within_window"] = doc["prune"]["seconds"] <= args.window[1]
-        base, during = doc["baseline"]["http_p99_ms"], doc["while_pruning"]["http_p99_ms"]
-        doc["p99_change"] = round(during / base - 1, 3) if base else None
+        rows_per_request = doc["fill"]["total_rows"] / doc["fill"]["rows"]["requests"]
+        for round_number in range(1, args.rounds + 1):
+            for setting in args.settings:
+                name = f"r{round_number}-{setting.batch_size}-{setting.pause_seconds:g}"
+                baseline = await _window(dev, args, stamp, f"{name}-baseline")
+                pruning = await _pruning_window(
+                    dev, args, stamp, setting, f"{name}-pruning", rows_per_request
+                )
+                base, during = baseline["http_p99_ms"], pruning["http_p99_ms"]
+                run = {
+                    "round": round_number,
+                    "setting": str(setting),
+                    "baseline": baseline,
+                    "pruning": pruning,
+                    "p99_change": round(during / base - 1, 3) if base else None,
+                }
+                doc["runs"].append(run)
+                print(json.dumps(run), flush=True)
+                if pruning["backlog_cleared"]:
+                    return
+        doc["summary"] = {
+            str(setting): {
+                "p99_change_median": statistics.median(
+                    r["p99_change"] for r in doc["runs"] if r["setting"] == str(setting)
+                ),
+                "rows_per_second_median": statistics.median(
+                    r["pruning"]["rows_per_second"] for r in doc["runs"] if r["setting"] == str(setting)
+                ),
+            }
+            for setting in args.settings
+        }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,7 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     backlog_parser.add_argument("--rate", type=int, default=400, help="P1 requests/s meanwhile (default 400)")
     backlog_parser.add_argument("--window", type=parse_duration, default=("300s", 300.0), help="each window")
     backlog_parser.add_argument("--period", type=float, default=86_400.0, help="retention period, s")
-    backlog_parser.add_argument("--pause", type=float, default=0.0, help="SQUALL_RETENTION__PAUSE_SECONDS")
+    backlog_parser.add_argument(
+        "--settings",
+        type=lambda t: [Setting.parse(part) for part in t.split(",")],
+        default=[Setting(1000, 0.0)],
+        help="batch:pause pairs, each measured in its own pruning window (default 1000:0)",
+    )
+    backlog_parser.add_argument("--rounds", type=int, default=1, help="alternations (default 1)")
     return parser
 
 
