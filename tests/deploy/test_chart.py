@@ -8,6 +8,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 import yaml
+from deploy.sync import version
 
 from squall.core import events
 from squall.core.settings import RetentionSettings
@@ -205,7 +206,7 @@ def test_secrets_are_mounted_not_inlined() -> None:
         "only the gateway reads tokens"
     )
     image = container["image"]
-    assert image == "squall:0.1.0@sha256:" + "0123456789abcdef" * 4
+    assert image == "squall:" + version() + "@sha256:" + "0123456789abcdef" * 4
 
 
 def test_helm_test_pod_submits_through_the_gateway_service() -> None:

@@ -163,6 +163,7 @@ def _workload_shape(objects: list[Obj] | tuple[Obj, ...], name: str) -> dict[str
 
     return {
         "replicas": deployment["spec"].get("replicas"),
+        "strategy": deployment["spec"].get("strategy"),
         "selector": deployment["spec"]["selector"],
         "securityContext": pod.get("securityContext"),
         "terminationGracePeriodSeconds": pod.get("terminationGracePeriodSeconds"),

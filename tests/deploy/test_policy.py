@@ -245,6 +245,19 @@ def test_grace_periods_cover_the_drains(rendering_id: str) -> None:
 
 
 @pytest.mark.parametrize("rendering_id", RENDERING_IDS)
+def test_a_rolling_update_starts_each_new_pod_before_an_old_one_stops(rendering_id: str) -> None:
+    """The order tests/upgrade rehearses: a new release's pod (whose init container migrates) runs beside
+    the old release's pods, which then stop one at a time."""
+    for deployment in by_kind(rendering(rendering_id), "Deployment"):
+        if deployment["metadata"]["labels"].get("app.kubernetes.io/name") != "squall":
+            continue
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }, deployment["metadata"]["name"]
+
+
+@pytest.mark.parametrize("rendering_id", RENDERING_IDS)
 def test_network_policies_limit_egress_to_dns_nats_and_postgresql(rendering_id: str) -> None:
     objects = rendering(rendering_id)
     policies = by_kind(objects, "NetworkPolicy")

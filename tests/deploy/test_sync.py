@@ -39,13 +39,19 @@ def _sync_module(root: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setattr(module, "COMPONENT_DASHBOARDS", component / "dashboards")
     monkeypatch.setattr(module, "COMPONENT_RULE", component / "prometheusrule.yaml")
     monkeypatch.setattr(module, "COMPONENT_KUSTOMIZATION", component / "kustomization.yaml")
+    monkeypatch.setattr(module, "CHART_YAML", root / "chart" / "Chart.yaml")
+    monkeypatch.setattr(module, "KUSTOMIZE", root / "k8s")
+    monkeypatch.setattr(module, "CHART_CI_VALUES", root / "chart" / "ci")
+    monkeypatch.setattr(module, "DEPLOY_DOC", root / "deploy.md")
+    (root / "chart").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "charts" / "squall" / "Chart.yaml", root / "chart" / "Chart.yaml")
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     return module
 
 
 def test_check_notices_changed_added_and_removed_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "deploy" / "grafana").mkdir(parents=True)
     (tmp_path / "deploy" / "prometheus").mkdir(parents=True)
     sync = _sync_module(tmp_path, monkeypatch)
@@ -81,3 +87,41 @@ def test_check_notices_changed_added_and_removed_files(
     sync.sync()
     assert sync.differences() == []
     assert not (tmp_path / "chart" / "dashboards" / "a.json").exists()
+
+
+def test_the_version_is_written_from_pyproject_wherever_a_manifest_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "k8s" / "base").mkdir(parents=True)
+    (tmp_path / "k8s" / "dev").mkdir(parents=True)
+    shutil.copy(ROOT / "deploy" / "k8s" / "base" / "gateway-deployment.yaml", tmp_path / "k8s" / "base")
+    shutil.copy(ROOT / "deploy" / "k8s" / "base" / "kustomization.yaml", tmp_path / "k8s" / "base")
+    shutil.copy(
+        ROOT / "deploy" / "k8s" / "overlays" / "dev" / "nats-statefulset.yaml", tmp_path / "k8s" / "dev"
+    )
+    sync = _sync_module(tmp_path, monkeypatch)
+    sync.sync()
+    assert sync.differences() == []
+    pyproject = tmp_path / "pyproject.toml"
+    old = sync.version()
+    pyproject.write_text(pyproject.read_text().replace(f'version = "{old}"', 'version = "9.8.7"', 1))
+    assert {line.split(":")[0] for line in sync.differences()} == {
+        "chart/Chart.yaml",
+        "k8s/base/gateway-deployment.yaml",
+        "k8s/base/kustomization.yaml",
+    }
+    sync.sync()
+    assert sync.differences() == []
+    chart = yaml.safe_load((tmp_path / "chart" / "Chart.yaml").read_text())
+    assert (chart["version"], chart["appVersion"]) == ("9.8.7", "9.8.7")
+    deployment = yaml.safe_load((tmp_path / "k8s" / "base" / "gateway-deployment.yaml").read_text())
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/version"] == "9.8.7"
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["labels"]["app.kubernetes.io/version"] == "9.8.7"
+    assert {c["image"] for c in template["spec"]["containers"] + template["spec"]["initContainers"]} == {
+        "squall:9.8.7"
+    }
+    kustomization = yaml.safe_load((tmp_path / "k8s" / "base" / "kustomization.yaml").read_text())
+    assert kustomization["images"] == [{"name": "squall", "newTag": "9.8.7"}]
+    nats = yaml.safe_load((tmp_path / "k8s" / "dev" / "nats-statefulset.yaml").read_text())
+    assert nats["metadata"]["labels"]["app.kubernetes.io/version"] != "9.8.7", "NATS keeps its own version"

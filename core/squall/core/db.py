@@ -405,3 +405,18 @@ api_tokens = Table(
     CheckConstraint("rate_per_second IS NULL OR rate_per_second >= 0", name="api_tokens_rate"),
     CheckConstraint("burst IS NULL OR burst >= 1", name="api_tokens_burst"),
 )
+
+
+schema_compatibility = Table(
+    "schema_compatibility",
+    metadata,
+    Column("single", Boolean, primary_key=True, server_default="true"),
+    Column(
+        "oldest_code_revision",
+        Text,
+        nullable=False,
+        comment="Code whose newest migration is older than this cannot run against this schema.",
+    ),
+    CheckConstraint("single", name="schema_compatibility_single"),
+    CheckConstraint("oldest_code_revision ~ '^[0-9]{4}$'", name="schema_compatibility_revision"),
+)

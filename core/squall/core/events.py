@@ -2,6 +2,10 @@
 
 Every message is a versioned model; subjects and stream names are constants; the JetStream message id
 (``Nats-Msg-Id``) is derived from the business key so a second publish of the same thing is dropped.
+
+The readers are strict (an unknown field or version is malformed), so a change here breaks the previous
+release's consumers during a rolling upgrade unless it lands in two releases, readers first
+(docs/design.md, "Releases and upgrades"); ``tests/upgrade/events/`` holds each release's messages.
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from nats.aio.client import Client
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from squall.core import broker, otel
+from squall.core import broker, migrate, otel
 from squall.core.aio import cancel_and_wait
 from squall.core.db import create_engine
 from squall.core.logs import configure_logging
@@ -34,6 +35,8 @@ class StartupError(Exception):
     """A service cannot start for a reason its message states (a bad tokens file, say): logged as one line,
     exit code 1, no traceback."""
 
+
+SCHEMA_CHECK_RETRY_SECONDS = 1.0
 
 # How long the tasks left at exit get to end once cancelled.
 LEFTOVER_TASKS_SECONDS = 10.0
@@ -67,6 +70,7 @@ async def open_resources(
     name = instance_id(settings, service)
     engine = create_engine(settings, pool_size=pool_size)
     stack.push_async_callback(engine.dispose)
+    await check_schema(engine, stop)
     hot_engine = None
     if hot_pool_size:
         hot_engine = create_engine(settings, pool_size=hot_pool_size, hot_statements=True)
@@ -75,6 +79,27 @@ async def open_resources(
     stack.push_async_callback(nc.drain)
     await broker.ensure_streams(nc.jetstream(), settings)
     return Resources(name, registry, engine, nc, hot_engine)
+
+
+async def check_schema(engine: AsyncEngine, stop: asyncio.Event) -> None:
+    """Refuse to run against a database this code does not fit (not migrated yet, or migrated by a release
+    whose schema no longer keeps this one working); start against one a rolling upgrade has migrated ahead.
+    Waits for the database like the NATS connection does, until ``stop``."""
+    while True:
+        try:
+            async with engine.connect() as conn:
+                state = await migrate.schema_state(conn)
+            break
+        except (OSError, TimeoutError, DBAPIError) as exc:
+            log.warning("database not reachable to check its schema, retrying: %s", type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SCHEMA_CHECK_RETRY_SECONDS)
+        if stop.is_set():
+            raise broker.StoppedWhileConnecting("stopped before the database answered")
+    if not state.verdict.runnable:
+        raise StartupError(state.describe())
+    if state.verdict is migrate.Verdict.AHEAD:
+        log.warning("%s", state.describe())
 
 
 def instance_id(settings: Settings, service: str) -> str:
@@ -137,8 +162,8 @@ def run_service(service: str, settings: Settings, main: ServiceMain) -> None:
             asyncio.Runner(loop_factory=loop_factory(settings)) as runner,
         ):
             runner.run(_run(service, settings, main))
-    except broker.StoppedWhileConnecting:
-        log.info("%s stopped before NATS answered", service)
+    except broker.StoppedWhileConnecting as exc:
+        log.info("%s %s", service, exc)
     except (broker.NatsUnavailable, StartupError) as exc:  # one clear line, not a traceback
         log.error("%s: %s", service, exc)
         raise SystemExit(1) from None

@@ -16,3 +16,14 @@ def drop_index_if_invalid(name: str) -> None:
         END $$
         """
     )
+
+
+def require_code_from(revision: str) -> None:
+    """For a contract migration (one that breaks code older than ``revision``: a dropped column, say): code
+    whose newest migration is older than ``revision`` then refuses to start against this schema instead of
+    failing on its first statement. Never in the release right after ``revision``'s: its previous release
+    must keep running during the rolling upgrade (docs/design.md, "Releases and upgrades")."""
+    op.execute(
+        f"UPDATE schema_compatibility SET oldest_code_revision = '{revision}' "
+        f"WHERE oldest_code_revision < '{revision}'"
+    )

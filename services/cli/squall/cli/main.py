@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from squall.core.settings import load_settings
+from squall.core.settings import Settings, load_settings
 
 DEFAULT_URL = os.environ.get("SQUALL_URL", "http://127.0.0.1:8888")
 
@@ -69,8 +69,31 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     configure_logging("migrate", settings.log_format, settings.log_level)
+    if args.check:
+        return _check_schema(settings)
     migrate.upgrade(settings, args.revision)
     return 0
+
+
+def _check_schema(settings: Settings) -> int:
+    """``squall migrate --check``: 0 when this release can run against the database as it is (its own
+    revision, or newer migrations that keep it working), 1 otherwise; the reason on stdout."""
+    import asyncio
+
+    from squall.core import migrate
+    from squall.core.db import create_engine
+
+    async def read() -> migrate.SchemaState:
+        engine = create_engine(settings, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return await migrate.schema_state(conn)
+        finally:
+            await engine.dispose()
+
+    state = asyncio.run(read())
+    _out(f"{state.verdict.value}: {state.describe()}")
+    return 0 if state.verdict.runnable else 1
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -383,6 +406,11 @@ def _add_tokens_command(sub: _Commands) -> None:
 def _add_migrate_command(sub: _Commands) -> None:
     mig = sub.add_parser("migrate", help="apply database migrations (Alembic)")
     mig.add_argument("--revision", default="head", help="target revision (default head)")
+    mig.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 when this release cannot run against the database as it is",
+    )
     mig.set_defaults(func=cmd_migrate)
     prune = sub.add_parser(
         "prune", help="delete finished work older than its retention period now (SQUALL_RETENTION__*)"
