@@ -11,6 +11,7 @@ import pytest
 from deploy.sync import version
 
 from tests.upgrade import event_contract
+from tests.upgrade.release import BuiltRelease
 
 RECORDINGS = Path(__file__).parent / "events"
 RELEASES = sorted(p.stem for p in RECORDINGS.glob("*.json"))
@@ -38,3 +39,19 @@ def test_every_recorded_release_is_read_as_this_release_reads_its_own(release: s
 
 def test_each_message_type_is_recorded() -> None:
     assert [m["type"] for m in recording(version())] == ["request_submitted", "request_batch", "poll_task"]
+
+
+@pytest.mark.upgrade
+def test_the_previous_release_writes_its_recording_and_reads_this_releases_messages(
+    previous_release: BuiltRelease, tmp_path: Path
+) -> None:
+    """The other direction of a rolling upgrade, by the previous release's own code: its consumers read
+    what this release publishes, and its recording is what it really publishes."""
+    script = str(Path(event_contract.__file__))
+    written = previous_release.run_python(script, "write", cwd=tmp_path)
+    assert written.returncode == 0, written.stderr
+    assert json.loads(written.stdout) == recording(previous_release.version)
+    ours = recording(version())
+    read = previous_release.run_python(script, "read", cwd=tmp_path, input=json.dumps(ours))
+    assert read.returncode == 0, read.stderr
+    assert json.loads(read.stdout) == [event_contract.read(m) for m in ours]
