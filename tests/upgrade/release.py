@@ -107,7 +107,11 @@ def _extract(commit: str, into: Path) -> None:
     """The commit's tree from the repository the tests run from (a worktree shares its objects)."""
     into.mkdir(parents=True)
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", commit], check=True, capture_output=True
+        ["git", "-C", str(ROOT), "archive", "--format=tar", commit], check=False, capture_output=True
+    )
+    assert archive.returncode == 0, (
+        f"the previous release's commit {commit} is not in this clone's history (a shallow clone? "
+        f"git fetch --unshallow): {archive.stderr.decode(errors='replace').strip()}"
     )
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(into, filter="data")
