@@ -91,7 +91,10 @@ async def check_schema(engine: AsyncEngine, stop: asyncio.Event) -> None:
                 state = await migrate.schema_state(conn)
             break
         except (OSError, TimeoutError, DBAPIError) as exc:
-            log.warning("database not reachable to check its schema, retrying: %s", type(exc).__name__)
+            reason = (str(exc).splitlines() or [""])[0][:200]
+            log.warning(
+                "database not reachable to check its schema, retrying: %s %s", type(exc).__name__, reason
+            )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), SCHEMA_CHECK_RETRY_SECONDS)
         if stop.is_set():
