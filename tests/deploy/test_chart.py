@@ -232,10 +232,34 @@ def test_helm_test_pod_submits_through_the_gateway_service() -> None:
 def test_in_cluster_nats_is_what_squall_connects_to() -> None:
     objects = rendered_chart("dev-values.yaml")
     nats = component(objects, "StatefulSet", "nats")
-    service = component(objects, "Service", "nats")
+    service = named(objects, "Service", nats["metadata"]["name"])
     assert "--jetstream" in nats["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert nats["spec"]["replicas"] == 1
+    assert not [a for a in nats["spec"]["template"]["spec"]["containers"][0]["args"] if "cluster" in a]
     config = named(objects, "ConfigMap", "squall-config")["data"]
     assert config["SQUALL_NATS_URL"] == f"nats://{service['metadata']['name']}:4222"
+
+
+def test_in_cluster_nats_of_three_servers_is_one_jetstream_cluster() -> None:
+    objects = rendered_chart("nats-cluster-values.yaml")
+    nats = component(objects, "StatefulSet", "nats")
+    name = nats["metadata"]["name"]
+    headless = named(objects, "Service", nats["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    assert {p["port"] for p in headless["spec"]["ports"]} >= {6222}
+    assert (nats["spec"]["replicas"], nats["spec"]["podManagementPolicy"]) == (3, "Parallel")
+    args = nats["spec"]["template"]["spec"]["containers"][0]["args"]
+    routes = next(a for a in args if a.startswith("--routes=")).removeprefix("--routes=").split(",")
+    # Every server's route names each pod by the headless Service's stable DNS name.
+    assert routes == [f"nats://{name}-{i}.{headless['metadata']['name']}:6222" for i in range(3)]
+    assert f"--cluster_name={name}" in args and "--cluster=nats://0.0.0.0:6222" in args
+    assert named(objects, "PodDisruptionBudget", name)["spec"]["maxUnavailable"] == 1
+    assert named(objects, "ConfigMap", "squall-config")["data"]["SQUALL_NATS__STREAM_REPLICAS"] == "3"
+
+
+def test_more_stream_replicas_than_in_cluster_nats_servers_is_refused() -> None:
+    with pytest.raises(Exception, match=r"cannot exceed nats\.inCluster\.replicas"):
+        render_chart({"nats": {"streamReplicas": 3, "inCluster": {"enabled": True, "replicas": 1}}})
 
 
 def test_long_release_names_are_truncated_to_63_characters() -> None:
