@@ -37,6 +37,7 @@ CUSTOM_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("postgresql.cnpg.io/v1", "Cluster"),
 }
 
 # Objects the user creates (documented in docs/deploy.md); the manifests only reference them.
@@ -276,6 +277,27 @@ def check_custom_resource(obj: Obj) -> None:
         for endpoint in spec["podMetricsEndpoints"]:
             _require(obj, isinstance(endpoint.get("port"), str), "podMetricsEndpoints[].port is a port name")
             _require(obj, str(endpoint.get("path", "/metrics")).startswith("/"), "path")
+    elif kind == "Cluster":  # CloudNativePG
+        allowed = {"instances", "imageName", "postgresql", "bootstrap", "storage", "affinity", "monitoring"}
+        _require(obj, set(spec) <= allowed, f"unknown fields {set(spec) - allowed}")
+        _require(obj, isinstance(spec["instances"], int) and spec["instances"] >= 1, "instances")
+        synchronous = spec.get("postgresql", {}).get("synchronous")
+        if synchronous is not None:
+            _require(obj, set(synchronous) <= {"method", "number", "dataDurability"}, "synchronous fields")
+            _require(obj, synchronous["method"] in ("any", "first"), "synchronous.method is any or first")
+            _require(
+                obj, 0 < synchronous["number"] < spec["instances"], "synchronous.number below the instances"
+            )
+            _require(
+                obj,
+                synchronous.get("dataDurability", "required") in ("required", "preferred"),
+                "synchronous.dataDurability is required or preferred",
+            )
+        parameters = spec.get("postgresql", {}).get("parameters", {})
+        _require(obj, all(isinstance(v, str) for v in parameters.values()), "parameters are strings")
+        initdb = spec["bootstrap"]["initdb"]
+        _require(obj, {"database", "owner"} <= set(initdb), "initdb names its database and owner")
+        _require(obj, isinstance(spec["storage"]["size"], str), "storage.size")
     elif kind == "PrometheusRule":
         _require(obj, set(spec) == {"groups"}, "spec holds groups only")
         for group in spec["groups"]:

@@ -206,3 +206,19 @@ def test_chart_and_kustomize_base_share_settings_services_and_policies() -> None
 def test_the_comparison_notices_a_difference() -> None:
     chart = render_chart({"processor": {"shutdownGraceSeconds": 21}})
     assert _workload_shape(chart, "processor") != _workload_shape(built_kustomization("base"), "processor")
+
+
+def test_prod_overlay_runs_postgresql_with_synchronous_replication_and_connects_to_its_primary() -> None:
+    """A 202 is given only for what a standby has too, and Squall follows the primary through the
+    operator's read-write Service."""
+    objects = built_kustomization("overlays/prod")
+    cluster = named(objects, "Cluster", "squall-db")
+    assert cluster["spec"]["instances"] == 3
+    assert cluster["spec"]["postgresql"]["synchronous"] == {
+        "method": "any",
+        "number": 1,
+        "dataDurability": "required",
+    }
+    assert cluster["spec"]["bootstrap"]["initdb"]["secret"]["name"] == "squall-database"
+    url = next(c for c in by_kind(objects, "ConfigMap") if "SQUALL_DATABASE_URL" in c.get("data", {}))
+    assert url["data"]["SQUALL_DATABASE_URL"] == "postgresql://squall@squall-db-rw:5432/squall"
