@@ -15,6 +15,7 @@ figures clients saw go to stdout (and docs/reliability.md)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,6 +26,7 @@ from typing import Any
 import asyncpg
 import httpx
 import nats
+import nats.errors
 import pytest
 
 from squall.cli.embedded import NatsCluster, PostgresServer, free_port
@@ -106,8 +108,12 @@ class Load:
         """What clients saw from ``since`` (the fault) to ``until`` (recovered)."""
         window = [(t, kind) for t, kind in self.attempts if since <= t <= until]
         first_ok = next((t for t, kind in self.attempts if t >= since and kind == "ok"), None)
+        accepted = [since] + [t for t, kind in window if kind == "ok"] + [until]
         return {
             "first_accepted_after_seconds": None if first_ok is None else round(first_ok - since, 2),
+            "longest_gap_without_acceptance_seconds": round(
+                max(b - a for a, b in itertools.pairwise(accepted)), 2
+            ),
             "answers_503": sum(1 for _, kind in window if kind == "503"),
             "connection_errors": sum(1 for _, kind in window if kind == "connection"),
             "accepted": sum(1 for _, kind in window if kind == "ok"),
@@ -160,16 +166,23 @@ class Faults:
         await wait_for(processed, timeout=120, interval=0.2, what="the backlog drained")
         return time.monotonic()
 
-    async def _finish(self, fault: str, victim: str, started: float, **figures: Any) -> None:
+    async def _finish(
+        self, fault: str, victim: str, started: float, node_back: float, **figures: Any
+    ) -> None:
+        """Figures of a fault from ``started`` until intake flows and the node is back (``node_back``)."""
         recovered = await self._intake_flows(started)
-        drained = await self._drained(recovered)
+        ended = max(recovered, node_back)
+        drained = await self._drained(ended)
+        seen = self.load.seen(started, ended)
+        del seen["accepted"]
         self.report.append(
             {
                 "fault": fault,
                 "node": victim,
                 **figures,
-                **self.load.seen(started, recovered),
+                **seen,
                 "intake_recovered_seconds": round(recovered - started, 2),
+                "fault_over_seconds": round(ended - started, 2),
                 "backlog_drained_seconds": round(drained - started, 2),
             }
         )
@@ -189,6 +202,7 @@ class Faults:
             fault,
             victim,
             started,
+            time.monotonic(),
             leader_after=leader,
             leader_after_seconds=round(elected, 2),
             node_current_after_restart_seconds=round(current, 2),
@@ -203,16 +217,23 @@ class Faults:
         leader = await self._leader(events.REQUESTS_STREAM, other_than=victim)
         elected = time.monotonic() - started
         await asyncio.sleep(max(0.0, FROZEN_SECONDS - (time.monotonic() - started)))  # the fault's length
+        thawed = time.monotonic()
         self.cluster.resume(index)
+        # Services connected to the frozen node left it (their pings unanswered) for the others, which elected
+        # a new leader: intake came back before the node did.
+        while_frozen = self.load.seen(started + elected, thawed)["accepted"]
+        assert while_frozen > 0
         current = await asyncio.to_thread(self.cluster.wait_until_current, index, 60)
         await self._finish(
             f"SIGSTOP {FROZEN_SECONDS:g} s, then SIGCONT",
             victim,
             started,
+            time.monotonic(),
             clients_on_the_node=connected,
             leader_after=leader,
             leader_after_seconds=round(elected, 2),
             node_current_after_thaw_seconds=round(current, 2),
+            accepted_while_frozen_after_the_election=while_frozen,
         )
 
 
@@ -238,6 +259,8 @@ def _services(settings: Settings, log_dir: Path, port: int) -> tuple[ServiceProc
         "SQUALL_NATS__STREAM_REPLICAS": "3",
         "SQUALL_PROCESSING_MODULES": MODULE,
         "SQUALL_PROCESSINGS__SUM__MODE": "immediate",
+        # A frozen node is left after 2 to 3 s (the default, 5 s, takes 10 to 15 s: longer than the freeze).
+        "SQUALL_NATS__PING_INTERVAL_SECONDS": "1",
     }
     services = ServiceProcesses(
         settings,
@@ -354,8 +377,11 @@ async def _check_three_replicas(cluster: NatsCluster) -> None:
 
     def info(subject: str) -> Callable[[], Awaitable[dict[str, Any] | None]]:
         async def ask() -> dict[str, Any] | None:
-            answer: dict[str, Any] = json.loads((await nc.request(subject, b"", timeout=5)).data)
-            return None if "error" in answer else answer
+            try:
+                answer: dict[str, Any] = json.loads((await nc.request(subject, b"", timeout=5)).data)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                return None  # a leader being elected
+            return None if "error" in answer or not answer["cluster"].get("leader") else answer
 
         return ask
 
@@ -503,3 +529,34 @@ def _error_lines(log_dir: Path) -> dict[str, int]:
         text = log.read_text(errors="replace")
         counts[log.stem] = sum(1 for line in text.splitlines() if " ERROR " in line or "Traceback" in line)
     return counts
+
+
+async def test_a_service_started_while_jetstream_has_no_quorum_waits_for_it(
+    cluster: NatsCluster, own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Two nodes of three down: the third takes connections but its JetStream API cannot answer (no meta
+    leader). A processor starting then retries creating the streams instead of exiting with a traceback, and
+    runs once the nodes are back (before, its first API timeout ended the process)."""
+    cluster.kill(1)
+    cluster.kill(2)
+    settings = make_settings(cluster.urls, own_postgres.url)
+    processors = ProcessorProcesses(settings, tmp_path / "computations.log", tmp_path)
+    processors.env.update({"SQUALL_NATS__STREAM_REPLICAS": "3", "SQUALL_NATS__CONNECT_RETRY_SECONDS": "120"})
+    process = processors.start("processor-0")
+    log = tmp_path / "processor-0.log"
+    try:
+
+        async def retrying() -> bool:
+            return "JetStream not ready to create the streams, retrying" in log.read_text()
+
+        await wait_for(retrying, timeout=60, what="the processor retrying")
+        assert process.poll() is None
+        cluster.restart(1)
+        cluster.restart(2)
+        await asyncio.to_thread(cluster.wait_for_meta_leader, 60)
+        await _check_three_replicas(cluster)  # created by the processor, which waited
+        assert process.poll() is None
+        assert "Traceback" not in log.read_text()
+    finally:
+        processors.stop_all()
+    assert process.returncode == 0
