@@ -105,15 +105,15 @@ class Load:
         return False
 
     def seen(self, since: float, until: float) -> dict[str, Any]:
-        """What clients saw from ``since`` (the fault) to ``until`` (recovered)."""
+        """What clients saw from ``since`` (the fault) to ``until`` (the fault over): the longest time without
+        an acceptance (requests in flight at the fault may still be accepted just after it), when it ended,
+        the 503s and the connection errors."""
         window = [(t, kind) for t, kind in self.attempts if since <= t <= until]
-        first_ok = next((t for t, kind in self.attempts if t >= since and kind == "ok"), None)
         accepted = [since] + [t for t, kind in window if kind == "ok"] + [until]
+        gap_start, gap_end = max(itertools.pairwise(accepted), key=lambda pair: pair[1] - pair[0])
         return {
-            "first_accepted_after_seconds": None if first_ok is None else round(first_ok - since, 2),
-            "longest_gap_without_acceptance_seconds": round(
-                max(b - a for a, b in itertools.pairwise(accepted)), 2
-            ),
+            "intake_interrupted_seconds": round(gap_end - gap_start, 2),
+            "first_accepted_after_the_interruption_seconds": round(gap_end - since, 2),
             "answers_503": sum(1 for _, kind in window if kind == "503"),
             "connection_errors": sum(1 for _, kind in window if kind == "connection"),
             "accepted": sum(1 for _, kind in window if kind == "ok"),
@@ -181,7 +181,6 @@ class Faults:
                 "node": victim,
                 **figures,
                 **seen,
-                "intake_recovered_seconds": round(recovered - started, 2),
                 "fault_over_seconds": round(ended - started, 2),
                 "backlog_drained_seconds": round(drained - started, 2),
             }
