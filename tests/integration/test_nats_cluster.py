@@ -380,7 +380,8 @@ async def _check_three_replicas(cluster: NatsCluster) -> None:
                 answer: dict[str, Any] = json.loads((await nc.request(subject, b"", timeout=5)).data)
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                 return None  # a leader being elected
-            return None if "error" in answer or not answer["cluster"].get("leader") else answer
+            # Before its Raft group has elected a leader, a stream's information has none (or no cluster).
+            return None if "error" in answer or not (answer.get("cluster") or {}).get("leader") else answer
 
         return ask
 
