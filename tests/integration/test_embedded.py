@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import pytest
 from nats.js.api import StreamConfig
 
@@ -68,14 +69,23 @@ async def test_a_three_node_cluster_replicates_and_replaces_a_killed_leader(tmp_
         assert len(cluster.urls.split(",")) == 3
         nc = await nats.connect(servers=cluster.urls.split(","))
         await nc.jetstream().add_stream(StreamConfig(name="PROBE", subjects=["probe.>"], num_replicas=3))
-        await nc.jetstream().publish("probe.one", b"1")
+        # The stream's Raft group elects its leader after add_stream answers: until then no stream takes it.
+        leader = await wait_for(
+            lambda: asyncio.to_thread(cluster.stream_leader, "PROBE"), what="stream leader"
+        )
+
+        async def published() -> bool:
+            try:
+                await nc.jetstream().publish("probe.one", b"1")
+            except nats.js.errors.NoStreamResponseError:
+                return False
+            return True
+
+        await wait_for(published, what="the message stored")
         await nc.close()
         info = await _stream_info(cluster.urls, "PROBE")
         placement = info["cluster"]
         assert isinstance(placement, dict) and len(placement["replicas"]) == 2
-        leader = await wait_for(
-            lambda: asyncio.to_thread(cluster.stream_leader, "PROBE"), what="stream leader"
-        )
         assert leader == placement["leader"]
 
         # The stream's leader SIGKILLed: the two others elect one of theirs, and the stream keeps its message.
