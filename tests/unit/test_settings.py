@@ -36,6 +36,7 @@ def test_defaults() -> None:
     assert settings.scheduler.default_interval_seconds == 2.0
     assert settings.nats.stream_replicas == 1
     assert settings.nats.stream_max_bytes == -1
+    assert (settings.nats.ping_interval_seconds, settings.nats.max_outstanding_pings) == (5.0, 2)
 
 
 def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:

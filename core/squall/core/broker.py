@@ -25,7 +25,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, ServiceUnavailableError
 
 from squall.core import events
 from squall.core.aio import cancel_and_wait
@@ -80,6 +80,9 @@ async def connect(settings: Settings, name: str, stop: asyncio.Event | None = No
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
+        # nats-py's defaults (a ping every 2 min) would keep a service on a frozen server for minutes.
+        "ping_interval": settings.nats.ping_interval_seconds,
+        "max_outstanding_pings": settings.nats.max_outstanding_pings,
         "error_cb": on_error,
         "disconnected_cb": on_disconnect,
         "reconnected_cb": on_reconnect,
@@ -169,6 +172,36 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
             await js.update_stream(config)
     for stream, consumer in consumer_configs(settings).items():
         await js.add_consumer(stream, consumer)
+
+
+# No JetStream API answer yet: no meta leader (an election in a cluster, 4 to 9 s), no quorum, a restart.
+_JETSTREAM_NOT_READY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
+
+
+async def ensure_streams_when_ready(
+    js: JetStreamContext, settings: Settings, stop: asyncio.Event | None = None
+) -> None:
+    """:func:`ensure_streams`, retried while JetStream cannot answer (a cluster electing its meta leader, or
+    without a quorum) for up to ``connect_retry_seconds``, as the first connection is; then
+    :class:`NatsUnavailable`. ``stop`` ends the wait (:class:`StoppedWhileConnecting`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.nats.connect_retry_seconds
+    stopping = stop or asyncio.Event()
+    while True:
+        try:
+            await ensure_streams(js, settings)
+            return
+        except _JETSTREAM_NOT_READY as exc:
+            if loop.time() >= deadline:
+                raise NatsUnavailable(
+                    f"JetStream did not answer within {settings.nats.connect_retry_seconds:g} s "
+                    f"(SQUALL_NATS__CONNECT_RETRY_SECONDS): {exc!r}"
+                ) from None
+            log.warning("JetStream not ready to create the streams, retrying: %r", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 0.5)
+        if stopping.is_set():
+            raise StoppedWhileConnecting("stopped before JetStream answered")
 
 
 class AckedPublisher:

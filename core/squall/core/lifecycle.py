@@ -77,7 +77,7 @@ async def open_resources(
         stack.push_async_callback(hot_engine.dispose)
     nc = await broker.connect(settings, name, stop)
     stack.push_async_callback(nc.drain)
-    await broker.ensure_streams(nc.jetstream(), settings)
+    await broker.ensure_streams_when_ready(nc.jetstream(), settings, stop)
     return Resources(name, registry, engine, nc, hot_engine)
 
 

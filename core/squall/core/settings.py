@@ -195,6 +195,17 @@ class NatsSettings(BaseModel):
     connect_retry_seconds: float = Field(
         60.0, ge=0, le=3600, description="How long to keep retrying the first connection before exiting."
     )
+    ping_interval_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="How often a service pings its NATS server: one that answers no ping for "
+        "max_outstanding_pings intervals (frozen, or cut off by the network with the TCP connection open) "
+        "is left for another server of SQUALL_NATS_URL within about max_outstanding_pings + 1 intervals.",
+    )
+    max_outstanding_pings: int = Field(
+        2, ge=1, le=100, description="Unanswered pings after which the NATS connection counts as dead."
+    )
     user: str | None = Field(None, description="NATS user (user/password authentication).")
     password: SecretStr | None = Field(None, description="NATS password (user/password authentication).")
     credentials_file: str | None = Field(

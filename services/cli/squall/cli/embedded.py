@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import glob
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -19,8 +20,10 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 PG_OS_USER = "squall-pg"
 
@@ -348,3 +351,145 @@ class PostgresServer(_Server):
             subprocess.run(
                 [*psql, "-c", f'CREATE DATABASE "{self.database}"'], check=True, capture_output=True
             )
+
+
+class NatsCluster:
+    """``size`` nats-server processes forming one JetStream cluster on loopback (fault tests of a clustered
+    broker). Each node has its own client, cluster and monitoring ports and store folder, all kept across a
+    restart, and the server name ``n<index>``. Nodes are addressed by index (0 … size - 1)."""
+
+    def __init__(self, data_dir: Path, size: int = 3, name: str = "squall") -> None:
+        self.name = name
+        self.cluster_ports = [free_port() for _ in range(size)]
+        self.nodes: list[NatsServer] = []
+        self._paused: set[int] = set()
+        for index in range(size):
+            routes = ",".join(
+                f"nats://127.0.0.1:{port}" for other, port in enumerate(self.cluster_ports) if other != index
+            )
+            args = [
+                "--server_name",  # after NatsServer's own -n: the last one given wins
+                self.node_name(index),
+                "--cluster_name",
+                name,
+                "--cluster",
+                f"nats://127.0.0.1:{self.cluster_ports[index]}",
+                "--routes",
+                routes,
+            ]
+            self.nodes.append(NatsServer(data_dir / self.node_name(index), port=free_port(), extra_args=args))
+
+    @staticmethod
+    def node_name(index: int) -> str:
+        return f"n{index}"
+
+    def index_of(self, node_name: str) -> int:
+        return [self.node_name(i) for i in range(len(self.nodes))].index(node_name)
+
+    @property
+    def urls(self) -> str:
+        """Every node's client URL, comma separated (what ``SQUALL_NATS_URL`` takes)."""
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every node; return once they agree on a JetStream meta leader."""
+        for node in self.nodes:
+            node.start(timeout)
+        self.wait_for_meta_leader(timeout)
+
+    def stop(self) -> None:
+        for index, node in enumerate(self.nodes):
+            self.resume(index)  # a stopped process would not handle SIGTERM
+            node.stop()
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one node: its store stays on disk."""
+        self.nodes[index].kill()
+
+    def restart(self, index: int, timeout: float = 30.0) -> None:
+        """Start a killed or stopped node again on the same ports and store."""
+        self.nodes[index].start(timeout)
+
+    def pause(self, index: int) -> None:
+        """SIGSTOP one node: its connections stay open, nothing is answered (a partitioned or frozen node)."""
+        process = self.nodes[index].process
+        if process is None or process.poll() is not None:
+            raise EmbeddedError(f"node {self.node_name(index)} is not running")
+        process.send_signal(signal.SIGSTOP)
+        self._paused.add(index)
+
+    def resume(self, index: int) -> None:
+        """SIGCONT a paused node."""
+        process = self.nodes[index].process
+        if index in self._paused and process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+        self._paused.discard(index)
+
+    def live(self) -> list[int]:
+        """Indexes of the nodes running and not paused."""
+        return [
+            index
+            for index, node in enumerate(self.nodes)
+            if node.process is not None and node.process.poll() is None and index not in self._paused
+        ]
+
+    def monitor(self, index: int, path: str, timeout: float = 2.0) -> dict[str, Any]:
+        """A node's monitoring endpoint (``/jsz``, ``/varz``, ``/routez`` …), decoded."""
+        url = f"http://127.0.0.1:{self.nodes[index].monitor_port}{path}"
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return json.loads(answer.read())  # type: ignore[no-any-return]
+
+    def _agreed(self, view: Callable[[dict[str, Any]], str | None], path: str) -> str | None:
+        """What every live node's ``path`` says, when they all say the same non-empty thing; else None."""
+        seen: set[str | None] = set()
+        for index in self.live():
+            try:
+                seen.add(view(self.monitor(index, path)) or None)
+            except (OSError, ValueError):
+                return None
+        return seen.pop() if len(seen) == 1 else None
+
+    def meta_leader(self) -> str | None:
+        """The server name of the JetStream meta leader, when every live node agrees on one."""
+        return self._agreed(lambda jsz: (jsz.get("meta_cluster") or {}).get("leader"), "/jsz")
+
+    def stream_leader(self, stream: str) -> str | None:
+        """The server name leading ``stream``'s Raft group, when every live node agrees on one."""
+
+        def leader(jsz: dict[str, Any]) -> str | None:
+            for account in jsz.get("account_details") or []:
+                for detail in account.get("stream_detail") or []:
+                    if detail.get("name") == stream:
+                        return (detail.get("cluster") or {}).get("leader")
+            return None
+
+        return self._agreed(leader, "/jsz?streams=true")
+
+    def wait_for_meta_leader(self, timeout: float, other_than: str | None = None) -> str:
+        """Wait until the live nodes agree on a meta leader (other than ``other_than``); its name."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = self.meta_leader()
+            if leader is not None and leader != other_than:
+                return leader
+            time.sleep(0.1)
+        raise EmbeddedError(f"no JetStream meta leader after {timeout} s")
+
+    def wait_until_current(self, index: int, timeout: float) -> float:
+        """Wait until node ``index`` is back in the meta group: every live node agrees on a meta leader, and
+        that leader counts the node as current (caught up). The seconds it took."""
+        started = time.monotonic()
+        name = self.node_name(index)
+        while time.monotonic() < started + timeout:
+            leader = self.meta_leader()
+            if leader == name:
+                return time.monotonic() - started
+            if leader is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    replicas = (
+                        self.monitor(self.index_of(leader), "/jsz")["meta_cluster"].get("replicas") or []
+                    )
+                    if any(peer.get("name") == name and peer.get("current") for peer in replicas):
+                        return time.monotonic() - started
+            time.sleep(0.1)
+        raise EmbeddedError(f"node {name} not current in the meta group after {timeout} s")
