@@ -41,7 +41,7 @@ from tests.integration.harness import (
 )
 from tests.integration.test_fault_campaign import EFFECTS_SQL, MODULE, expected_result
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 REQUESTS = 5_000
 ITEMS_PER_REQUEST = 4
