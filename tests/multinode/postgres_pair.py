@@ -5,12 +5,14 @@ loopback port and data folder. The standby is a ``pg_basebackup -R`` of the prim
 ``synchronous_standby_names`` names the standby's ``application_name`` (and ``synchronous_commit`` is on),
 so a transaction committed on the primary is on the standby too. Fault tests SIGKILL the primary (its whole
 process group, as when its node dies) and promote the standby (``pg_ctl promote``), as an operator or a
-failover manager would.
+failover manager would; the old primary can then rejoin as the new one's standby (a fresh base backup), and
+the same two steps fail back.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -158,6 +160,18 @@ class PostgresPair:
         self.primary_name = standby.data_dir.name
         if self.in_recovery(standby):
             raise EmbeddedError("the standby is still in recovery after pg_ctl promote")
+
+    def rejoin(self, timeout: float = 60.0) -> None:
+        """The old primary, dead, comes back as the synchronous standby of the new one: a fresh base backup
+        of the new primary replaces its data (what it wrote and the standby never received, if anything,
+        is discarded: no acknowledged commit, synchronous replication saw to that)."""
+        old = self.standby
+        assert old.process is None or old.process.poll() is not None, "the old primary still runs"
+        shutil.rmtree(old.data_dir / "pgdata")
+        self._clone(self.primary, old, timeout)
+        self.psql(self.primary, f"ALTER SYSTEM SET synchronous_standby_names = '{self.app_name(old)}'")
+        self.psql(self.primary, "SELECT pg_reload_conf()")
+        self.wait_synchronous(timeout)
 
     def stop(self) -> None:
         for node in self.nodes.values():
