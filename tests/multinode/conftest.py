@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from squall.cli.embedded import NatsServer
+from tests.integration.conftest import own_postgres
 from tests.multinode.postgres_pair import PostgresPair
+
+__all__ = ["nats_server", "own_postgres", "postgres_pair"]
 
 
 @pytest.fixture
